@@ -1,0 +1,113 @@
+"""ANN activations that the converter understands.
+
+Every network in :mod:`lowlat.models` takes an ``act_layer`` factory, so the same definition builds
+the ReLU ANN, the QC-ANN (:class:`QCActivation`), the Rate-Norm ANN (:class:`RateNorm`) and, after
+conversion, the SNN (:class:`lowlat.neurons.IFNeuron`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def floor_ste(x: Tensor) -> Tensor:
+    """``floor`` in the forward pass, identity gradient in the backward pass (paper eq. 10)."""
+    return x + (torch.floor(x) - x).detach()
+
+
+def quantize_clip(z: Tensor, lam: Tensor, levels: int, shift: float) -> Tensor:
+    """``a = λ·clip(floor(z·L/λ + s)/L, 0, 1)`` (paper eq. 8; s = 0.5 gives QCFS).
+
+    Pure function so the IF-equivalence tests and the calibration targets share one formula.
+    """
+    q = floor_ste(z * levels / lam + shift) / levels
+    return lam * q.clamp(0.0, 1.0)
+
+
+class QCActivation(nn.Module):
+    """Quantize-clip activation with one trainable threshold λ per layer.
+
+    λ is stored as a plain parameter and clamped to ``min_lambda`` in the forward pass, so a
+    negative step of the optimiser can never flip the sign of the threshold (λ <= 0 would turn
+    the layer off or invert it).
+    """
+
+    def __init__(
+        self, levels: int = 8, shift: float = 0.0, init_lambda: float = 8.0,
+        min_lambda: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if int(levels) < 1:
+            raise ValueError(f"QCActivation: levels (L) must be >= 1, got {levels}")
+        if init_lambda <= 0:
+            raise ValueError(f"QCActivation: init_lambda must be > 0, got {init_lambda}")
+        self.levels = int(levels)
+        self.shift = float(shift)
+        self.min_lambda = float(min_lambda)
+        self.lam = nn.Parameter(torch.tensor(float(init_lambda)))
+
+    @property
+    def threshold(self) -> Tensor:
+        """The λ actually used (clamped), which becomes the IF threshold θ."""
+        return self.lam.clamp(min=self.min_lambda)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return quantize_clip(z, self.threshold, self.levels, self.shift)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, shift={self.shift}, lam={float(self.lam):.4g}"
+
+
+class RateNorm(nn.Module):
+    """Rate Norm Layer (Ding et al., IJCAI 2021): ``θ·clamp(relu(x)/θ, 0, 1)``.
+
+    ``θ = running_max·sigmoid(p)`` with ``p`` trainable; ``running_max`` tracks the batch maximum
+    of ``relu(x)`` with momentum during training. The output is kept in activation units
+    (multiplied back by θ), so the next layer's weights are unchanged and the converted IF neuron
+    uses θ as both threshold and spike amplitude, exactly like the QC-ANN.
+    """
+
+    def __init__(self, momentum: float = 0.1, init_p: float = 2.0) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.p = nn.Parameter(torch.tensor(float(init_p)))
+        self.register_buffer("running_max", torch.tensor(1.0))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    @property
+    def threshold(self) -> Tensor:
+        return (self.running_max * torch.sigmoid(self.p)).clamp(min=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(x)
+        if self.training:
+            with torch.no_grad():
+                m = x.max()
+                if not bool(self.initialised):
+                    self.running_max.copy_(m)
+                    self.initialised.fill_(True)
+                else:
+                    self.running_max.mul_(1 - self.momentum).add_(self.momentum * m)
+        theta = self.threshold
+        return theta * (x / theta).clamp(0.0, 1.0)
+
+
+ActFactory = Callable[[], nn.Module]
+
+
+def make_act_layer(name: str, **kwargs) -> ActFactory:
+    """Activation factory by name: ``relu``, ``qc`` or ``ratenorm``."""
+    if name == "relu":
+        return functools.partial(nn.ReLU, inplace=False)
+    if name == "qc":
+        return functools.partial(QCActivation, **kwargs)
+    if name == "ratenorm":
+        return functools.partial(RateNorm, **kwargs)
+    raise ValueError(f"unknown activation {name!r}; valid: relu, qc, ratenorm")
+
+
+ACTIVATIONS = (nn.ReLU, QCActivation, RateNorm)

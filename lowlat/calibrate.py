@@ -1,0 +1,243 @@
+"""Phase II: layer-wise calibration of the initial membrane potential (LMPC) and weights (LWC).
+
+Both walk the spiking layers in order; layer l is calibrated on the spikes of the already
+calibrated layers before it, against the QC-ANN's activation ``h^l`` on the same images.
+
+* LMPC (paper eq. 13): ``v^l(0) = (T/N)·Σ_n |h − φ|`` as printed (``formula='abs'``), or the
+  sign-preserving ``v^l(0) = T·mean_n(h − φ)`` (``'signed'``, Li et al. 2021), per neuron or per
+  channel, added to a base potential (0, or θ/2 as in OptI) from which φ is measured.
+* LWC (eqs. 14-17): minimise ``mean((θ·count/T − h)^2)`` over the weights feeding layer l, by
+  BPTT through the T steps with the triangle surrogate; an update that raises the layer's MSE on
+  the calibration set is discarded.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lowlat.neurons import IFNeuron, configure, reset_states, spiking_layers
+from lowlat.simulate import chunk_plan
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has run."""
+
+
+def _capture(module: nn.Module, store: dict, stop: bool = True):
+    def hook(_m, _i, out):
+        store["out"] = out
+        if stop:
+            raise _Stop
+    return module.register_forward_hook(hook)
+
+
+@torch.no_grad()
+def ann_activation(ann: nn.Module, name: str, x: Tensor) -> Tensor:
+    """The QC-ANN's activation ``h^l`` at layer ``name`` for inputs ``x``."""
+    store: dict = {}
+    h = _capture(ann.get_submodule(name), store)
+    try:
+        ann(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return store["out"]
+
+
+def snn_rate(snn: nn.Module, name: str, x: Tensor, T: int, max_chunk: int = 16) -> Tensor:
+    """``φ^l = amplitude·count/T`` of layer ``name`` after T steps (gradients kept if enabled)."""
+    neuron = snn.get_submodule(name)
+    assert isinstance(neuron, IFNeuron)
+    b = x.shape[0]
+    reset_states(snn)
+    store: dict = {}
+    h = _capture(neuron, store)
+    total = None
+    try:
+        for k in chunk_plan([T], max_chunk):
+            configure(snn, steps=k, batch=b)
+            try:
+                snn(x)
+            except _Stop:
+                pass
+            s = store["out"].view(k, b, *store["out"].shape[1:]).sum(0)  # [k·B, ...] -> [B, ...]
+            total = s if total is None else total + s
+    finally:
+        h.remove()
+    return total / T
+
+
+@dataclass
+class LayerReport:
+    name: str
+    mse_before: float
+    mse_after: float
+    kept: bool = True
+
+
+def _batches(xs: Tensor, size: int) -> list[Tensor]:
+    return [xs[i:i + size] for i in range(0, xs.shape[0], size)]
+
+
+@torch.no_grad()
+def layer_mse(snn, ann, name: str, xs: Tensor, T: int, batch: int, max_chunk: int = 16) -> float:
+    tot, n = 0.0, 0
+    for x in _batches(xs, batch):
+        d = snn_rate(snn, name, x, T, max_chunk) - ann_activation(ann, name, x)
+        tot += float((d * d).sum())
+        n += d.numel()
+    return tot / max(1, n)
+
+
+@torch.no_grad()
+def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, batch: int,
+               formula: str = "signed", granularity: str = "channel", base: str = "half",
+               max_chunk: int = 16) -> Tensor:
+    """Set ``v^l(0)`` of layer ``name`` from the rate error on the calibration images ``xs``."""
+    neuron: IFNeuron = snn.get_submodule(name)
+    neuron.v0 = neuron.theta.detach().clone() * (0.5 if base == "half" else 0.0)
+    err_sum = None
+    n = 0
+    for x in _batches(xs, batch):
+        e = ann_activation(ann, name, x) - snn_rate(snn, name, x, T, max_chunk)  # [B, ...]
+        if formula == "abs":
+            e = e.abs()
+        s = e.sum(0)
+        err_sum = s if err_sum is None else err_sum + s
+        n += x.shape[0]
+    corr = T * err_sum / n  # per neuron: [C, H, W] or [F]
+    if granularity == "channel" and corr.dim() == 3:
+        corr = corr.mean(dim=(1, 2), keepdim=True)  # [C, H, W] -> [C, 1, 1]
+    elif granularity == "channel" and corr.dim() == 1:
+        pass  # a linear layer: one neuron per channel
+    neuron.v0 = (neuron.v0 + corr).detach()
+    return neuron.v0
+
+
+def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, iterations: int,
+              batch_size: int, lr: float, optimizer: str = "adam", momentum: float = 0.9,
+              weight_decay: float = 0.0, gamma: float = 1.0, eval_batch: int = 256,
+              max_chunk: int = 16, seed: int = 0,
+              on_step: Callable[[int, float], None] | None = None) -> LayerReport:
+    """Calibrate the weights feeding layer ``name`` by BPTT (eqs. 14-17)."""
+    neurons = dict(spiking_layers(snn))
+    order = list(neurons)
+    idx = order.index(name)
+    before = layer_mse(snn, ann, name, xs, T, eval_batch, max_chunk)
+    saved = copy.deepcopy(snn.state_dict())
+    req = {p: p.requires_grad for p in snn.parameters()}
+    # Probe which parameters feed this layer: earlier neurons cut the graph, so only the
+    # weights between the previous spiking layers and this one receive a gradient.
+    for i, n in enumerate(order):
+        neurons[n].detach_output = i < idx
+        neurons[n].surrogate = n == name
+        neurons[n].gamma = gamma
+    try:
+        for p in snn.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        snn_rate(snn, name, xs[:2], T, max_chunk).sum().backward()
+        params = [p for p in snn.parameters() if p.grad is not None]
+        for p in snn.parameters():
+            p.grad = None
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        if not params:
+            return LayerReport(name, before, before, kept=False)
+        if optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iterations))
+        gen = torch.Generator().manual_seed(seed)
+        for it in range(iterations):
+            sel = torch.randperm(xs.shape[0], generator=gen)[:batch_size].to(xs.device)
+            x = xs[sel]
+            target = ann_activation(ann, name, x)
+            loss = ((snn_rate(snn, name, x, T, max_chunk) - target) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if on_step is not None:
+                on_step(it, float(loss))
+    finally:
+        for n in order:
+            neurons[n].detach_output = False
+            neurons[n].surrogate = False
+        for p, r in req.items():
+            p.requires_grad_(r)
+            p.grad = None
+        reset_states(snn)
+    after = layer_mse(snn, ann, name, xs, T, eval_batch, max_chunk)
+    if not math.isfinite(after) or after > before:
+        snn.load_state_dict(saved)
+        return LayerReport(name, before, after, kept=False)
+    return LayerReport(name, before, after)
+
+
+@dataclass
+class CalibConfig:
+    T: int
+    lmpc: bool = True
+    lwc: bool = True
+    formula: str = "signed"
+    granularity: str = "channel"
+    base: str = "half"
+    iterations: int = 100
+    batch_size: int = 1024
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    gamma: float = 1.0
+    eval_batch: int = 256
+    max_chunk: int = 16
+    seed: int = 0
+
+
+def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
+              layers: Sequence[str] | None = None, progress: bool = True,
+              log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Calibrate ``snn`` in place, layer by layer (v(0) first, then the weights, as in Fig. 2).
+
+    Returns one report per layer: MSE before LMPC, after LMPC and after LWC.
+    """
+    names = list(layers) if layers is not None else [n for n, _ in spiking_layers(snn)]
+    ann = ann.eval()
+    snn.eval()
+    if not cfg.lmpc:  # the base potential still applies (θ/2 or 0)
+        for n in names:
+            m = snn.get_submodule(n)
+            m.v0 = m.theta.detach().clone() * (0.5 if cfg.base == "half" else 0.0)
+    reports = []
+    bar = tqdm(names, desc=f"calibrate T={cfg.T}", disable=not progress, leave=False)
+    for name in bar:
+        rep = {"layer": name, "mse_start": layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
+                                                       cfg.max_chunk)}
+        if cfg.lmpc:
+            lmpc_layer(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.formula, cfg.granularity,
+                       cfg.base, cfg.max_chunk)
+            rep["mse_after_lmpc"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
+                                              cfg.max_chunk)
+        if cfg.lwc:
+            def on_step(it: int, loss: float, name=name) -> None:
+                bar.set_postfix(layer=name, it=it, loss=f"{loss:.4g}")
+            r = lwc_layer(snn, ann, name, xs, cfg.T, cfg.iterations, cfg.batch_size, cfg.lr,
+                          cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.gamma,
+                          cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step)
+            rep.update(mse_before_lwc=r.mse_before, mse_after_lwc=r.mse_after, lwc_kept=r.kept)
+        rep["mse_end"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.max_chunk)
+        reports.append(rep)
+        if log is not None:
+            log(rep)
+    return reports

@@ -1,0 +1,113 @@
+"""Lightning wrapper used by the ``ann`` and ``phase1`` stages."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lowlat.activations import QCActivation, RateNorm
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy classifier trained with SGD + cosine decay (the paper's recipe).
+
+    Thresholds (QC λ, Rate-Norm p) form their own parameter group with their own learning rate
+    and weight decay, because at the QC-ANN's lr of 1e-5 they would barely move.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, lr: float = 0.1,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, epochs: int = 1,
+                 threshold_lr: float | None = None, threshold_weight_decay: float = 0.0,
+                 nesterov: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.epochs = max(1, epochs)
+        self.threshold_lr = lr if threshold_lr is None else threshold_lr
+        self.threshold_weight_decay = threshold_weight_decay
+        self.nesterov = nesterov
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, _idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/top1", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, _idx):
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y))
+        self.log("val/top1", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch, _idx):
+        x, y = batch
+        self.test_acc(self(x), y)
+        self.log("test/top1", self.test_acc)
+
+    def configure_optimizers(self):
+        thr, rest = [], []
+        for m in self.model.modules():
+            if isinstance(m, QCActivation | RateNorm):
+                thr += list(m.parameters(recurse=False))
+        thr_ids = {id(p) for p in thr}
+        rest = [p for p in self.model.parameters() if id(p) not in thr_ids]
+        groups = [{"params": rest, "lr": self.lr, "weight_decay": self.weight_decay}]
+        if thr:
+            groups.append({"params": thr, "lr": self.threshold_lr,
+                           "weight_decay": self.threshold_weight_decay})
+        opt = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class BestWeights(L.Callback):
+    """Keeps, in memory, the weights of the epoch with the best ``monitor`` (model selection on
+    the validation split) and restores them when training ends."""
+
+    def __init__(self, monitor: str = "val/top1") -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.state: dict | None = None
+        self.epoch = -1
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        v = trainer.callback_metrics.get(self.monitor)
+        if v is None:
+            return
+        v = float(v)
+        if self.best is None or v > self.best:
+            self.best, self.epoch = v, trainer.current_epoch
+            self.state = copy.deepcopy(pl_module.model.state_dict())
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.state is not None:
+            pl_module.model.load_state_dict(self.state)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, transform, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy of an ANN on a loader of uint8 batches."""
+    model = model.to(device).eval()
+    correct = n = 0
+    for x, y in loader:
+        x, y = transform(x.to(device)), y.to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+        n += y.numel()
+    return correct / max(1, n)

@@ -1,0 +1,125 @@
+"""Integrate-and-fire neuron with reset by subtraction, run over time on time-folded batches.
+
+The dynamics are one pure step function, :func:`if_step`. :class:`IFNeuron` holds the membrane
+state between calls (so a long run can be cut into chunks of time steps, down to one step at a
+time) and must be reset explicitly with :func:`reset_states` before each new input.
+
+Layout: the stateless layers around a neuron see the time-folded batch ``[k·B, ...]`` (k time
+steps of one chunk); the neuron views it as ``[k, B, ...]`` and scans over the first axis. An input
+of only ``[B, ...]`` is constant in time (direct encoding of the image), so the layers before the
+first neuron run once instead of k times.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def if_step(v: Tensor, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    """One IF step: ``v += x; s = v >= θ; v -= s·θ``. Returns ``(spike, v)``; spike is 0/1."""
+    v = v + x
+    s = (v >= theta).to(v.dtype)
+    return s, v - s * theta
+
+
+class TriangleSpike(torch.autograd.Function):
+    """Heaviside spike with the triangle surrogate ``∂s/∂v ≈ γ·max(0, 1 − |v/θ − 1|)`` (eq. 15)."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, theta: Tensor, gamma: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(v, theta)
+        ctx.gamma = gamma
+        return (v >= theta).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        v, theta = ctx.saved_tensors
+        sg = ctx.gamma * (1.0 - (v / theta - 1.0).abs()).clamp(min=0.0)
+        return grad * sg, None, None
+
+
+class IFNeuron(nn.Module):
+    """IF neuron replacing one activation layer.
+
+    Buffers (saved in the state dict, so a calibrated SNN is self-contained):
+      ``theta``: firing threshold (the QC-ANN's λ, or a MaxNorm/RobustNorm statistic);
+      ``amplitude``: value carried by a spike (θ, so the rate times θ matches the ANN activation);
+      ``v0``: initial membrane potential, broadcastable to one sample's shape (LMPC, OptI);
+      ``shift``: current added at every step (the θ/(2T) bias shift of Deng & Gu).
+    """
+
+    def __init__(self, theta: float | Tensor = 1.0, amplitude: float | Tensor | None = None,
+                 gamma: float = 1.0) -> None:
+        super().__init__()
+        theta = torch.as_tensor(theta, dtype=torch.float32).clone()
+        if bool((theta <= 0).any()):
+            raise ValueError(f"IFNeuron: threshold must be > 0, got {theta}")
+        amp = theta.clone() if amplitude is None else torch.as_tensor(amplitude).float().clone()
+        self.register_buffer("theta", theta)
+        self.register_buffer("amplitude", amp)
+        self.register_buffer("v0", torch.zeros(()))
+        self.register_buffer("shift", torch.zeros(()))
+        self.gamma = gamma
+        self.surrogate = False  # use TriangleSpike (for BPTT) instead of a hard threshold
+        self.detach_output = False  # cut the graph here (layer-wise calibration)
+        self.steps = 1  # time steps in the current chunk
+        self.batch: int | None = None  # samples per time step; None: infer from the first input
+        self.record = False  # accumulate spike counts for statistics
+        self.v: Tensor | None = None
+        self.spike_count: Tensor | None = None  # [B, ...] spikes so far (when record)
+
+    def reset(self) -> None:
+        self.v = None
+        self.spike_count = None
+
+    def _spike(self, v: Tensor) -> Tensor:
+        if self.surrogate and torch.is_grad_enabled():
+            return TriangleSpike.apply(v, self.theta, self.gamma)
+        return (v >= self.theta).to(v.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.steps
+        b = self.batch if self.batch is not None else x.shape[0] // k
+        static = x.shape[0] == b and k > 1
+        if not static and x.shape[0] != k * b:
+            raise RuntimeError(
+                f"IFNeuron got a batch of {x.shape[0]}, expected {b} (static) or {k}x{b}"
+            )
+        xs = x.unsqueeze(0) if static else x.view(k, b, *x.shape[1:])  # [k or 1, B, ...]
+        if self.v is None:
+            self.v = (self.v0 + torch.zeros_like(xs[0])).to(x.dtype)
+        v = self.v
+        x_shift = self.shift
+        out = []
+        for t in range(k):
+            v = v + (xs[0] if static else xs[t]) + x_shift
+            s = self._spike(v)
+            v = v - s * self.theta
+            out.append(s)
+        spikes = torch.stack(out)  # [k, B, ...]
+        self.v = v.detach() if not torch.is_grad_enabled() else v
+        if self.record:
+            c = spikes.detach().sum(0)
+            self.spike_count = c if self.spike_count is None else self.spike_count + c
+        y = (spikes * self.amplitude).flatten(0, 1)  # [k, B, ...] -> [k·B, ...]
+        return y.detach() if self.detach_output else y
+
+    def extra_repr(self) -> str:
+        return f"theta={float(self.theta.mean()):.4g}, v0_shape={tuple(self.v0.shape)}"
+
+
+def spiking_layers(model: nn.Module) -> list[tuple[str, IFNeuron]]:
+    """The IF neurons of ``model`` in definition (= forward) order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, IFNeuron)]
+
+
+def reset_states(model: nn.Module) -> None:
+    for _, m in spiking_layers(model):
+        m.reset()
+
+
+def configure(model: nn.Module, steps: int, batch: int | None, record: bool = False) -> None:
+    """Tell every neuron the chunk length and batch size of the next calls."""
+    for _, m in spiking_layers(model):
+        m.steps, m.batch, m.record = steps, batch, record

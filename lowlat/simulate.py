@@ -1,0 +1,212 @@
+"""Multi-step SNN simulation: accuracy at every T in one run, firing rates, RMPE and energy.
+
+The network runs on chunks of time steps: stateless layers see ``[k·B, ...]``, neurons scan over
+the k steps and keep their membrane potential for the next chunk. ``chunk=1`` is the step-by-step
+mode (O(B) state memory, same spikes); a chunk as long as the run is the fully time-folded mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from lowlat.neurons import configure, reset_states, spiking_layers
+
+ALPHA_PJ = 4.6  # energy of one multiply-accumulate (Horowitz 2014), paper eq. 18
+BETA_PJ = 0.9  # energy of one accumulate
+
+
+def chunk_plan(timesteps: Sequence[int], max_chunk: int) -> list[int]:
+    """Chunk lengths that end exactly at every requested T and never exceed ``max_chunk``."""
+    if max_chunk < 1:
+        raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
+    plan, t = [], 0
+    for T in sorted(set(timesteps)):
+        while t < T:
+            k = min(max_chunk, T - t)
+            plan.append(k)
+            t += k
+    return plan
+
+
+@torch.no_grad()
+def run_snn(model: nn.Module, x: Tensor, T: int, chunk: int | None = None,
+            record: bool = False) -> Tensor:
+    """Run one batch for T steps. Returns the last layer's outputs per step ``[T, B, classes]``."""
+    b = x.shape[0]
+    reset_states(model)
+    outs = []
+    for k in chunk_plan([T], chunk or T):
+        configure(model, steps=k, batch=b, record=record)
+        y = model(x)  # [k·B, classes] (or [B, classes] if nothing spiked in between)
+        outs.append(y.view(k, b, -1) if y.shape[0] == k * b else y.unsqueeze(0).expand(k, -1, -1))
+    return torch.cat(outs)  # [T, B, classes]
+
+
+@dataclass
+class SimStats:
+    """Counts accumulated over a test set; rates and shares are derived on demand."""
+
+    timesteps: list[int]
+    correct: dict[int, int] = field(default_factory=dict)
+    n: int = 0
+    spikes: dict[int, dict[str, float]] = field(default_factory=dict)  # T -> layer -> spikes
+    neurons: dict[str, int] = field(default_factory=dict)  # layer -> neurons per sample
+    rmpe: dict[int, dict[str, int]] = field(default_factory=dict)  # T -> layer -> count
+    ops: dict[int, float] = field(default_factory=dict)  # T -> synaptic ops (all samples)
+    first_ops: dict[int, float] = field(default_factory=dict)  # T -> first-layer MACs
+
+    def accuracy(self) -> dict[int, float]:
+        return {T: self.correct[T] / max(1, self.n) for T in self.timesteps}
+
+    def firing_rates(self) -> dict[int, dict[str, float]]:
+        """Spikes per neuron per time step, per layer."""
+        return {T: {k: v / (self.neurons[k] * self.n * T) for k, v in s.items()}
+                for T, s in self.spikes.items()}
+
+    def rmpe_share(self) -> dict[int, dict[str, float]]:
+        """Share of neurons whose residual potential v(T) lies outside [0, θ) (paper Figs. 4-5)."""
+        return {T: {k: v / (self.neurons[k] * self.n) for k, v in s.items()}
+                for T, s in self.rmpe.items()}
+
+
+class _OpCounter:
+    """Counts synaptic operations: nonzero inputs x fan-out of every conv/linear layer."""
+
+    def __init__(self, model: nn.Module, fan_out: dict[str, float]) -> None:
+        self.total = 0.0
+        self.first = 0.0
+        self.first_name: str | None = None
+        self.steps = 1  # time steps in the current chunk
+        self.batch = 1  # samples in the current batch
+        self.handles = []
+        mods = dict(model.named_modules())
+        for name, per_input in fan_out.items():
+            self.handles.append(mods[name].register_forward_pre_hook(self._hook(name, per_input)))
+
+    def _hook(self, name: str, per_input: float):
+        def fn(_m, args):
+            x = args[0]
+            if self.first_name is None:
+                self.first_name = name
+            if name == self.first_name:  # analog input: one MAC per input value and step
+                self.first += x[0].numel() * per_input * self.steps * self.batch
+            else:
+                self.total += float(torch.count_nonzero(x)) * per_input
+        return fn
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def layer_macs(model: nn.Module, sample: Tensor) -> dict[str, float]:
+    """MACs per sample of every conv/linear layer (PyTorch's FLOP counter, FLOPs / 2)."""
+    model = model.eval()
+    with FlopCounterMode(display=False) as fc:
+        model(sample[:1])
+    counts = fc.get_flop_counts()
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+            key = next((k for k in counts if k.endswith(name) and k.split(".", 1)[-1] == name),
+                       None)
+            flops = sum(counts.get(key, {}).values()) if key else 0
+            out[name] = flops / 2.0
+    return out
+
+
+@torch.no_grad()
+def evaluate_snn(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], timesteps: Sequence[int],
+    transform: Callable[[Tensor], Tensor] = lambda x: x, max_chunk: int = 16,
+    device: str | torch.device = "cpu", stats: bool = True, progress: bool = True,
+    desc: str = "snn",
+) -> SimStats:
+    """Accuracy (and statistics) at every T in ``timesteps`` from one run to max(T)."""
+    timesteps = sorted(set(int(t) for t in timesteps))
+    if not timesteps or timesteps[0] < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    model = model.to(device).eval()
+    plan = chunk_plan(timesteps, max_chunk)
+    res = SimStats(timesteps=timesteps)
+    res.correct = dict.fromkeys(timesteps, 0)
+    layers = spiking_layers(model)
+    counter = None
+    for T in timesteps:
+        res.spikes[T] = {n: 0.0 for n, _ in layers}
+        res.rmpe[T] = {n: 0 for n, _ in layers}
+        res.ops[T] = 0.0
+        res.first_ops[T] = 0.0
+    for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        x, y = transform(x.to(device)), y.to(device)
+        b = x.shape[0]
+        if stats and counter is None:
+            macs = layer_macs(model_without_state(model), x)
+            counter = _OpCounter(model, _fan_out(model, x, macs))
+        reset_states(model)
+        acc_out = None
+        t = 0
+        for k in plan:
+            configure(model, steps=k, batch=b, record=stats)
+            if counter is not None:
+                counter.steps, counter.batch = k, b
+            y_out = model(x)
+            y_out = y_out.view(k, b, -1) if y_out.shape[0] == k * b else y_out.unsqueeze(0)
+            s = y_out.sum(0) if y_out.shape[0] == k else y_out[0] * k  # [B, classes]
+            acc_out = s if acc_out is None else acc_out + s
+            t += k
+            if t in res.correct:
+                res.correct[t] += int((acc_out.argmax(1) == y).sum())
+                if stats:
+                    for name, m in layers:
+                        if m.spike_count is not None:
+                            res.spikes[t][name] += float(m.spike_count.sum())
+                            res.neurons[name] = m.spike_count[0].numel()
+                        if m.v is not None:
+                            outside = (m.v < 0) | (m.v >= m.theta)
+                            res.rmpe[t][name] += int(outside.sum())
+                    if counter is not None:
+                        res.ops[t] += counter.total
+                        res.first_ops[t] += counter.first
+        if counter is not None:
+            counter.total = counter.first = 0.0
+        res.n += b
+    if counter is not None:
+        counter.remove()
+    return res
+
+
+def model_without_state(model: nn.Module) -> nn.Module:
+    """The same model for a one-step MAC count (neurons reset, one step)."""
+    reset_states(model)
+    configure(model, steps=1, batch=None)
+    return model
+
+
+def _fan_out(model: nn.Module, x: Tensor, macs: dict[str, float]) -> dict[str, float]:
+    """Operations each input value of a layer triggers: MACs / input elements (one sample)."""
+    sizes: dict[str, int] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if name in macs:
+            hooks.append(m.register_forward_pre_hook(
+                lambda _m, a, name=name: sizes.__setitem__(name, a[0][0].numel())))
+    reset_states(model)
+    configure(model, steps=1, batch=None)
+    model(x[:1])
+    reset_states(model)
+    for h in hooks:
+        h.remove()
+    return {n: macs[n] / sizes[n] for n in macs if sizes.get(n)}
+
+
+def energy_ratio(ann_macs: float, snn_ops: float, first_ops: float) -> float:
+    """Paper eq. 18: ``(c·α + (b − c)·β) / (a·α)`` with b = all SNN ops, c = first-layer MACs."""
+    b = snn_ops + first_ops
+    return (first_ops * ALPHA_PJ + (b - first_ops) * BETA_PJ) / (ann_macs * ALPHA_PJ)

@@ -1,0 +1,1 @@
+"""Pipeline stages. Each takes the resolved config and the experiment's run folder."""

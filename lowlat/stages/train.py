@@ -1,0 +1,114 @@
+"""Stages ``ann`` (ReLU ANN) and ``phase1`` (QC-ANN or Rate-Norm ANN fine-tuned from it)."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import hydra
+import lightning as L
+from torch import nn
+
+from lowlat.activations import QCActivation, RateNorm
+from lowlat.artifacts import load_artifact, load_network, save_artifact
+from lowlat.convert import _set_module, activation_stats
+from lowlat.lit import BestWeights, Classifier, evaluate
+from lowlat.models import create_model
+from lowlat.stages.common import Context, calibration_images, finish_loggers, log, transform_eval
+
+
+def _fit(ctx: Context, model: nn.Module, dm, epochs: int, **opt) -> tuple[nn.Module, dict]:
+    """Train with Lightning, keep the best-validation weights, return them with test accuracy."""
+    L.seed_everything(int(ctx.cfg.seed), workers=True)
+    lit = Classifier(model, dm.num_classes, epochs=epochs, **opt)
+    best = BestWeights("val/top1")
+    loggers = ctx.loggers()
+    trainer = hydra.utils.instantiate(
+        ctx.cfg.trainer, max_epochs=epochs, logger=loggers, callbacks=[best],
+        default_root_dir=str(ctx.run_dir),
+    )
+    t0 = time.time()
+    trainer.fit(lit, datamodule=dm)
+    wall = time.time() - t0
+    model = lit.model.cpu().eval()
+    test = evaluate(model, dm.test_dataloader(), transform_eval(dm))
+    for lg in loggers:
+        lg.log_metrics({"test/top1": test}, step=trainer.global_step)
+    finish_loggers(loggers)
+    metrics = {"test_top1": test, "best_val_top1": best.best, "best_epoch": best.epoch,
+               "epochs": epochs, "train_seconds": wall,
+               "seconds_per_epoch": wall / max(1, trainer.current_epoch)}
+    return model, metrics
+
+
+def run_ann(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    dm = ctx.datamodule()
+    arch = ctx.arch(dm)
+    L.seed_everything(int(cfg.seed))
+    model = create_model(arch["name"], arch["num_classes"], arch["in_channels"], "relu",
+                         **arch["kwargs"])
+    model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), lr=cfg.ann.lr,
+                          momentum=cfg.ann.momentum, weight_decay=cfg.ann.weight_decay)
+    save_artifact(ctx.run_dir / "ann.pt", "ann", model, arch, {"name": "relu"}, metrics,
+                  ctx.config_dict(), ctx.fp("data", "model", "ann", "seed"))
+    log.info("ANN test top-1 %.4f -> %s", metrics["test_top1"], ctx.run_dir / "ann.pt")
+    return metrics
+
+
+def swap_activations(ann: nn.Module, make) -> nn.Module:
+    """Deep-copy ``ann`` and replace every ReLU ``name`` by ``make(name)``."""
+    model = copy.deepcopy(ann)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.ReLU):
+            _set_module(model, name, make(name))
+    return model
+
+
+def phase1_artifact_name(activation: str) -> str:
+    return "qcann.pt" if activation == "qc" else "ratenorm.pt"
+
+
+def run_phase1(ctx: Context) -> dict:
+    _cfg, p = ctx.cfg, ctx.cfg.phase1
+    ann_art = load_artifact(ctx.run_dir / "ann.pt", "ann")
+    dm = ctx.datamodule()
+    ann = load_network(ann_art)
+    n = min(int(p.init_batches) * dm.batch_size, dm.train_size)
+    batches = [x for x, _ in calibration_images(dm, n, dm.batch_size, "cpu")]
+    stats = activation_stats(ann, batches, percentile=float(p.init_percentile))
+    act_name = str(p.activation)
+    if act_name == "qc":
+        def init(name: str) -> float:
+            if p.init_lambda == "percentile":
+                return stats[name]["percentile"]
+            if p.init_lambda == "max":
+                return stats[name]["max"]
+            return float(p.init_lambda)
+
+        model = swap_activations(ann, lambda n: QCActivation(
+            int(p.levels), float(p.shift), init_lambda=max(init(n), 1e-3)))
+        act = {"name": "qc", "kwargs": {"levels": int(p.levels), "shift": float(p.shift)}}
+    else:
+        def make_rn(name: str) -> RateNorm:
+            rn = RateNorm()
+            rn.running_max.fill_(max(stats[name]["max"], 1e-3))
+            rn.initialised.fill_(True)
+            return rn
+
+        model = swap_activations(ann, make_rn)
+        act = {"name": "ratenorm", "kwargs": {}}
+    init_top1 = evaluate(model, dm.test_dataloader(), transform_eval(dm))
+    model, metrics = _fit(
+        ctx, model, dm, int(p.epochs), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+        threshold_lr=p.threshold_lr, threshold_weight_decay=p.threshold_weight_decay)
+    metrics["ann_test_top1"] = ann_art["metrics"]["test_top1"]
+    metrics["init_test_top1"] = init_top1
+    metrics["thresholds"] = {n: float(m.threshold) for n, m in model.named_modules()
+                             if isinstance(m, QCActivation | RateNorm)}
+    out = ctx.run_dir / phase1_artifact_name(act_name)
+    save_artifact(out, "qcann" if act_name == "qc" else "ratenorm", model, ann_art["arch"], act,
+                  metrics, ctx.config_dict(), ctx.fp("phase1", upstream=ann_art["fingerprint"]))
+    log.info("ANN test top-1 %.4f | %s test top-1 %.4f (before fine-tuning %.4f) -> %s",
+             metrics["ann_test_top1"], act_name.upper(), metrics["test_top1"], init_top1, out)
+    return metrics
