@@ -24,8 +24,10 @@ def quantize_clip(z: Tensor, lam: Tensor, levels: int, shift: float) -> Tensor:
 
     Pure function so the IF-equivalence tests and the calibration targets share one formula.
     """
-    q = floor_ste(z * levels / lam + shift) / levels
-    return lam * q.clamp(0.0, 1.0)
+    # Clip before the floor (equal for integer bounds) so the straight-through gradient is 1 on
+    # the whole open range (0, L) of the continuous value, the lowest bin included.
+    u = (z * levels / lam + shift).clamp(0.0, float(levels))
+    return lam * floor_ste(u) / levels
 
 
 class QCActivation(nn.Module):

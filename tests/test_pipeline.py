@@ -1,0 +1,96 @@
+"""ann -> phase1 -> phase2 -> eval through the command line, and how bad input is met."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+from lowlat.artifacts import load_artifact, load_network
+from lowlat.lit import evaluate
+from lowlat.methods import load_snn
+from tests.conftest import run_cli
+
+
+def test_artifacts_reload_and_reproduce(tiny_run):
+    for name in ("ann.pt", "qcann.pt", "snn_T2.pt", "snn_T2_lmpc.pt", "snn_T2_lwc.pt"):
+        art = torch.load(tiny_run / name, weights_only=True)
+        assert {"arch", "act", "state_dict", "metrics", "config", "fingerprint"} <= set(art)
+    qc = load_artifact(tiny_run / "qcann.pt", "qcann")
+    assert qc["act"]["name"] == "qc" and qc["act"]["kwargs"]["levels"] == 8
+    import hydra
+    from omegaconf import OmegaConf
+
+    dm = hydra.utils.instantiate(OmegaConf.create(qc["config"]["data"]))
+    dm.setup()
+    acc = evaluate(load_network(qc), dm.test_dataloader(), lambda x: dm.transform_batch(x, False))
+    assert acc == pytest.approx(qc["metrics"]["test_top1"], abs=1e-9)
+    snn = load_snn(load_artifact(tiny_run / "snn_T2.pt", "snn"))
+    assert any(m.v0.dim() > 0 for m in snn.modules() if hasattr(m, "v0"))  # LMPC per channel
+
+
+def test_results_table(tiny_run):
+    rows = list(csv.DictReader((tiny_run / "results.csv").open()))
+    methods = {r["method"] for r in rows}
+    assert methods == {"phase1", "opti", "opt", "maxnorm", "robustnorm", "lmpc", "lwc",
+                       "lmpc+lwc"}
+    assert {int(r["T"]) for r in rows if r["method"] == "phase1"} == {1, 2, 4, 8}
+    assert all(0.0 <= float(r["top1"]) <= 1.0 for r in rows)
+    data = json.loads((tiny_run / "results.json").read_text())
+    assert data["qcann_top1"] > 0.3 and data["ann_top1"] > 0.5
+    row = next(r for r in data["rows"] if r["method"] == "phase1" and r["T"] == 8)
+    assert set(row["firing_rate"]) == set(row["rmpe_share"]) and row["energy_ratio"] > 0
+    # calibration beats the uncalibrated conversion at T = 2 even on this tiny run
+    top = {(r["method"], r["T"]): r["top1"] for r in data["rows"]}
+    assert top[("lmpc", 2)] > top[("phase1", 2)]
+
+
+def test_all_skips_up_to_date_stages(tiny_run, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.parent.parent, root)
+    before = (root / "runs/tiny/ann.pt").stat().st_mtime_ns
+    r = run_cli("stage=all", "experiment=tiny", f"paths.root_dir={root}",
+                "phase2.timesteps=[2]", "eval.methods=[phase1]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (root / "runs/tiny/ann.pt").stat().st_mtime_ns == before
+    assert "up to date" in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["stage=nope"], "stage"),
+    (["stage=ann", "model.name=vgg17"], "vgg17"),
+    (["stage=ann", "data=nope"], "data"),
+    (["stage=phase1", "phase1.levels=0"], "phase1.levels"),
+    (["stage=eval", "eval.timesteps=[0,4]"], "eval.timesteps"),
+    (["stage=eval", "eval.methods=[magic]"], "magic"),
+    (["stage=phase2", "phase2.calib_samples=0"], "calib_samples"),
+])
+def test_bad_input_is_refused(tmp_path, args, needle):
+    r = run_cli(*args, "experiment=tiny", f"paths.root_dir={tmp_path}")
+    assert r.returncode != 0
+    assert needle in r.stderr + r.stdout
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("stage,needle", [("phase1", "ann.pt"), ("phase2", "qcann.pt"),
+                                          ("eval", "qcann.pt")])
+def test_missing_input_artifact(tmp_path, stage, needle):
+    r = run_cli(f"stage={stage}", "experiment=tiny", f"paths.root_dir={tmp_path}")
+    assert r.returncode == 2
+    assert needle in r.stderr and "run stage=" in r.stderr
+
+
+def test_failed_stage_leaves_artifacts_untouched(tiny_run, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.parent.parent, root)
+    art = root / "runs/tiny/qcann.pt"
+    before = art.read_bytes()
+    r = run_cli("stage=phase1", "experiment=tiny", f"paths.root_dir={root}", "phase1.levels=0")
+    assert r.returncode != 0 and art.read_bytes() == before
+    # a corrupted upstream artifact is reported, not trusted
+    (root / "runs/tiny/ann.pt").write_bytes(b"garbage")
+    r = run_cli("stage=phase1", "experiment=tiny", f"paths.root_dir={root}")
+    assert r.returncode == 2 and "cannot read artifact" in r.stderr
+    assert art.read_bytes() == before
+    assert not list((root / "runs/tiny").glob(".*.tmp"))
