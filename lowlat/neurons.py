@@ -87,12 +87,13 @@ class IFNeuron(nn.Module):
                 f"IFNeuron got a batch of {x.shape[0]}, expected {b} (static) or {k}x{b}"
             )
         xs = x.unsqueeze(0) if static else x.view(k, b, *x.shape[1:])  # [k or 1, B, ...]
-        if self.v is None:
-            self.v = (self.v0 + torch.zeros_like(xs[0])).to(x.dtype)
         if not torch.is_grad_enabled() and all(
-            t.dtype == x.dtype for t in (self.v, self.theta, self.amplitude, self.shift)
+            t is None or t.dtype == x.dtype
+            for t in (self.v, self.v0, self.theta, self.amplitude, self.shift)
         ):
             return self._forward_inference(xs, k, static)
+        if self.v is None:
+            self.v = (self.v0 + torch.zeros_like(xs[0])).to(x.dtype)
         v = self.v
         x_shift = self.shift
         out = []
@@ -117,12 +118,13 @@ class IFNeuron(nn.Module):
         ``v >= θ`` lands as 0/1 in the output's dtype (no bool->float copy), the reset is one
         fused ``v -= s·θ`` (``addcmul_``; ``s·θ`` is exact for s in {0, 1}, so the rounding is that
         of ``v - s·θ``) and the amplitude is applied once per chunk. The first ``v + x`` allocates
-        a fresh state, so a tensor read from ``self.v`` earlier is never modified in place.
+        a fresh state (from v(0) directly: ``v0 + 0 + x == v0 + x``), so a tensor read from
+        ``self.v`` earlier is never modified in place.
         """
         theta, shift = self.theta, self.shift
         add_shift = bool(shift.any())  # v + x + 0 is v + x exactly: skip the pass
         out = torch.empty_like(xs if not static else xs.expand(k, *xs.shape[1:]))
-        v = self.v
+        v = self.v if self.v is not None else self.v0
         for t in range(k):
             xt = xs[0] if static else xs[t]
             v = v + xt if t == 0 else v.add_(xt)

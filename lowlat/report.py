@@ -122,15 +122,20 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_overrides(run_dir: Path, stop: Path | None = None) -> list[str]:
-    """Hydra's ``.hydra/overrides.yaml`` of the job that wrote ``run_dir`` (or of a parent)."""
-    for d in (run_dir, *run_dir.parents):
-        f = d / ".hydra" / "overrides.yaml"
-        if f.is_file():
-            import yaml
+    """Overrides of the job that wrote ``run_dir``: its multirun job folder's (a parent up to
+    ``stop``) ``.hydra/overrides.yaml``, else the latest single run's ``hydra/<stage>-<time>/``."""
+    import yaml
 
-            return [str(o) for o in (yaml.safe_load(f.read_text()) or [])]
-        if stop is not None and d == stop:
+    found = []
+    for d in (run_dir, *run_dir.parents):
+        found.append(d / ".hydra" / "overrides.yaml")
+        if stop is None or d == stop:
             break
+    found += sorted(run_dir.glob("hydra/*/.hydra/overrides.yaml"), key=lambda f: f.stat().st_mtime,
+                    reverse=True)
+    for f in found:
+        if f.is_file():
+            return [str(o) for o in (yaml.safe_load(f.read_text()) or [])]
     return []
 
 
@@ -375,7 +380,7 @@ def _layer_plot(run: Run, path: Path, stat: str, T: int, methods: Sequence[str],
     if not rows:
         return None
     layers = list(rows[0][1])
-    fig, ax = _figure(max(6.4, 0.5 * len(layers) * len(rows)), 4.0)
+    fig, ax = _figure(min(16.0, max(6.4, 0.4 * len(layers) * (len(rows) if bars else 2))), 4.0)
     x = list(range(len(layers)))
     width = 0.8 / len(rows)
     for i, (m, d) in enumerate(rows):
@@ -431,7 +436,10 @@ def write_report(run: Run, out: Path, paper: str | None = None, T: int | None = 
 
 
 def _parse_overrides(ov: Sequence[str]) -> dict[str, str]:
-    return dict(o.lstrip("+~").split("=", 1) for o in ov if "=" in o)
+    """``key=value`` overrides; ``stage`` (what ran last, not how) is dropped."""
+    pairs = dict(o.lstrip("+~").split("=", 1) for o in ov if "=" in o)
+    pairs.pop("stage", None)
+    return pairs
 
 
 def sweep_rows(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
