@@ -59,7 +59,9 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
     gm = trace(copy.deepcopy(model).eval())
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+        is_bn = node.op == "call_module" and isinstance(
+            modules[node.target], nn.modules.batchnorm._BatchNorm)
+        if not is_bn:
             continue
         prev = node.args[0]
         if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1):
@@ -92,7 +94,8 @@ def check_convertible(gm: fx.GraphModule) -> None:
             if isinstance(m, nn.MaxPool2d | nn.MaxPool1d | nn.AdaptiveMaxPool2d):
                 raise ValueError(
                     f"layer {node.target!r} is {type(m).__name__}: max pooling of spike trains is "
-                    "not rate-preserving; build the model with average pooling (e.g. model.pool=avg)"
+                    "not rate-preserving; build the model with average pooling "
+                    "(e.g. model.kwargs.pool=avg)"
                 )
             if not isinstance(m, (*STATELESS, *ACTIVATIONS, IFNeuron)):
                 raise ValueError(
@@ -106,7 +109,8 @@ def check_convertible(gm: fx.GraphModule) -> None:
                 "which the SNN converter does not support (functional activations must be modules)"
             )
         elif node.op == "call_method" and node.target not in METHODS:
-            raise ValueError(f"graph node {node.name!r} calls method .{node.target}(), not supported")
+            raise ValueError(
+                f"graph node {node.name!r} calls method .{node.target}(), not supported")
 
 
 def activation_names(model: nn.Module) -> list[str]:

@@ -28,7 +28,8 @@ def _stage_fns() -> dict[str, Callable[[Context], dict]]:
     return {"ann": run_ann, "phase1": run_phase1, "phase2": run_phase2, "eval": run_eval}
 
 
-def _up_to_date(ctx: Context, name: str, fn_name: str, *keys: str, upstream: str = "") -> str | None:
+def _up_to_date(ctx: Context, name: str, fn_name: str, *keys: str,
+                upstream: str = "") -> str | None:
     """Fingerprint of ``name`` if it exists and matches the current config, else None."""
     try:
         art = load_artifact(ctx.run_dir / name)
@@ -63,7 +64,8 @@ def run_all(ctx: Context) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Run the stage; return the objective's top-1 (for Optuna) when the results hold it."""
     stage = str(cfg.stage.name)
     try:
         if stage not in STAGES:
@@ -76,6 +78,10 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger("lowlat").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    from lowlat.report import objective_value
+
+    obj = cfg.get("objective") or {}
+    return objective_value(ctx.run_dir, str(obj.get("method", "lmpc+lwc")), int(obj.get("T", 4)))
 
 
 if __name__ == "__main__":

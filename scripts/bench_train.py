@@ -42,7 +42,7 @@ def main() -> None:
         model = create_model(name, 10, 3, args.act).to(dev).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-        def step() -> None:
+        def step(model=model, opt=opt) -> None:
             nonlocal loader
             try:
                 x, y = next(loader)
@@ -76,7 +76,8 @@ def main() -> None:
             "torch": torch.__version__, "train_images": dm.train_size, "rows": rows}
     tag = f"bench_train_{dev.type}"
     (out / f"{tag}.json").write_text(json.dumps(meta, indent=1))
-    md = [f"| model | act | device | s/step (batch {args.batch}) | s/epoch ({dm.train_size} imgs) |",
+    md = [f"| model | act | device | s/step (batch {args.batch}) "
+          f"| s/epoch ({dm.train_size} imgs) |",
           "|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['act']} | {r['device']} | {r['seconds_per_step']:.3f} | "
            f"{r['seconds_per_epoch']:.0f} |" for r in rows]

@@ -5,8 +5,15 @@ import torch
 from torch import nn
 
 from lowlat.activations import QCActivation
-from lowlat.calibrate import CalibConfig, ann_activation, calibrate, layer_mse, lmpc_layer, \
-    lwc_layer, snn_rate
+from lowlat.calibrate import (
+    CalibConfig,
+    ann_activation,
+    calibrate,
+    layer_mse,
+    lmpc_layer,
+    lwc_layer,
+    snn_rate,
+)
 from lowlat.convert import to_snn
 from lowlat.neurons import IFNeuron, configure, reset_states
 

@@ -1,4 +1,4 @@
-"""Model registry: every network takes ``act_layer`` so one definition serves ANN, QC-ANN and SNN."""
+"""Model registry: every network takes ``act_layer``; one definition serves ANN, QC-ANN, SNN."""
 
 # Importing the definitions registers them.
 from lowlat.models import resnet, small, vgg  # noqa: E402,F401,I001

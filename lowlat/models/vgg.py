@@ -38,7 +38,8 @@ class VGG(nn.Module):
         elif classifier == "mlp":
             h = max(1, int(round(hidden * width)))
             self.classifier = nn.Sequential(
-                nn.Linear(c, h), act_layer(), nn.Linear(h, h), act_layer(), nn.Linear(h, num_classes)
+                nn.Linear(c, h), act_layer(), nn.Linear(h, h), act_layer(),
+                nn.Linear(h, num_classes),
             )
         else:
             raise ValueError(f"classifier must be 'linear' or 'mlp', got {classifier!r}")

@@ -31,7 +31,8 @@ def validate(cfg: DictConfig) -> None:
     if int(cfg.phase1.levels) < 1:
         raise ConfigError(f"phase1.levels (L) must be >= 1, got {cfg.phase1.levels}")
     if cfg.phase1.activation not in ("qc", "ratenorm"):
-        raise ConfigError(f"phase1.activation must be qc or ratenorm, got {cfg.phase1.activation!r}")
+        raise ConfigError(
+            f"phase1.activation must be qc or ratenorm, got {cfg.phase1.activation!r}")
     il = cfg.phase1.init_lambda
     if not (il in ("percentile", "max") or (isinstance(il, int | float) and il > 0)):
         raise ConfigError(f"phase1.init_lambda must be percentile, max or a number > 0, got {il!r}")
@@ -54,7 +55,8 @@ def validate(cfg: DictConfig) -> None:
         if val not in ok:
             raise ConfigError(f"phase2.lmpc.{key} must be one of {ok}, got {val!r}")
     if cfg.phase2.lwc.optimizer not in ("adam", "sgd"):
-        raise ConfigError(f"phase2.lwc.optimizer must be adam or sgd, got {cfg.phase2.lwc.optimizer!r}")
+        raise ConfigError(
+            f"phase2.lwc.optimizer must be adam or sgd, got {cfg.phase2.lwc.optimizer!r}")
 
 
 @dataclass
@@ -121,7 +123,8 @@ def transform_eval(dm):
     return lambda x: dm.transform_batch(x, train=False)
 
 
-def calibration_images(dm, n: int, batch_size: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def calibration_images(dm, n: int, batch_size: int,
+                       device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n`` training images (no augmentation), normalised, in batches on ``device``."""
     out = []
     for x, y in dm.calibration_loader(n, batch_size):

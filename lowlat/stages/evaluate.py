@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from lowlat.artifacts import ArtifactError, load_artifact, load_network
+from lowlat.artifacts import ArtifactError, load_artifact, load_network, read_json
 from lowlat.convert import activation_stats
 from lowlat.lit import evaluate
 from lowlat.methods import (
@@ -16,7 +16,15 @@ from lowlat.methods import (
 )
 from lowlat.results import rows_from_stats, update_results
 from lowlat.simulate import evaluate_snn, layer_macs
-from lowlat.stages.common import CALIBRATED, Context, calibration_images, log, transform_eval
+from lowlat.stages.common import (
+    CALIBRATED,
+    Context,
+    calibration_images,
+    finish_loggers,
+    log,
+    log_metrics,
+    transform_eval,
+)
 
 
 def snn_artifact_name(T: int, method: str) -> str:
@@ -39,6 +47,8 @@ def run_eval(ctx: Context) -> dict:
     sample = next(iter(dm.test_dataloader()))[0][:1]
     ann_macs = sum(layer_macs(to_snn(qcann), tf(sample)).values())
     summary["ann_macs"] = ann_macs
+    previous = read_json(ctx.run_dir / "results.json", default={"rows": []})
+    done = {(r["method"], int(r["T"])): r.get("source_fp") for r in previous["rows"]}
     rows = []
     for method in e.methods:
         t0 = time.time()
@@ -74,14 +84,20 @@ def run_eval(ctx: Context) -> dict:
                 except ArtifactError:
                     continue
                 found = True
+                source = f"{art['fingerprint']}:{e.limit_batches}"
+                if done.get((method, T)) == source:
+                    continue  # phase2 already evaluated this very artifact on this test set
                 st = evaluate_snn(load_snn(art), test, [T], **kw)
-                rows += rows_from_stats(method, st, ann_macs)
+                rows += rows_from_stats(method, st, ann_macs, source_fp=source)
             if not found:
                 log.warning("eval: no %s artifacts in %s (run stage=phase2)", method, ctx.run_dir)
         log.info("eval %s: %s (%.1fs)", method, ", ".join(
             f"T={r['T']}:{r['top1']:.4f}" for r in rows if r["method"] == method),
             time.time() - t0)
     summary["qcann_top1_recomputed"] = evaluate(qcann, test, tf)
+    loggers = ctx.loggers()
+    log_metrics(loggers, {f"eval/{r['method']}/T{r['T']}/top1": r["top1"] for r in rows})
+    finish_loggers(loggers)
     data = update_results(ctx.run_dir, rows, **summary)
     log.info("results: %s", ctx.run_dir / "results.csv")
     return data

@@ -49,7 +49,8 @@ def run_phase2(ctx: Context) -> dict:
                 T=T, lmpc=do_lmpc, lwc=do_lwc, formula=p.lmpc.formula,
                 granularity=p.lmpc.granularity, base=p.lmpc.base,
                 iterations=int(p.lwc.iterations), batch_size=int(p.lwc.batch_size),
-                lr=float(p.lwc.lr), optimizer=p.lwc.optimizer, weight_decay=float(p.lwc.weight_decay),
+                lr=float(p.lwc.lr), optimizer=p.lwc.optimizer,
+                weight_decay=float(p.lwc.weight_decay),
                 gamma=float(p.lwc.gamma), eval_batch=int(p.calib_batch),
                 max_chunk=int(cfg.eval.max_chunk), seed=int(cfg.seed))
             torch.manual_seed(int(cfg.seed))
@@ -70,7 +71,8 @@ def run_phase2(ctx: Context) -> dict:
             fp = ctx.fp("phase2", "eval.max_chunk", upstream=qc_art["fingerprint"])
             st = evaluate_snn(snn, test, [T], transform=tf, max_chunk=int(cfg.eval.max_chunk),
                               device=ctx.device, stats=bool(cfg.eval.stats), desc=f"{method} T={T}")
-            new = rows_from_stats(method, st, ann_macs, source_fp=fp)
+            new = rows_from_stats(method, st, ann_macs,
+                                  source_fp=f"{fp}:{cfg.eval.limit_batches}")
             rows += new
             metrics = {"top1": new[0]["top1"], "calib_seconds": seconds, "layers": reports}
             save_artifact(ctx.run_dir / snn_artifact_name(T, method), "snn", snn.cpu(),
