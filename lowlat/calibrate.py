@@ -75,6 +75,14 @@ def snn_rate(snn: nn.Module, name: str, x: Tensor, T: int, max_chunk: int = 16) 
     return total / T
 
 
+def base_potential(neuron: IFNeuron, base: str) -> Tensor:
+    """v(0) before the correction: 0 (``zero``) or θ/2 (``half``, and ``unbiased``, whose
+    bias shift is set at conversion, see :func:`lowlat.methods.convert_qcann`)."""
+    if base not in ("zero", "half", "unbiased"):
+        raise ValueError(f"LMPC base must be zero, half or unbiased, got {base!r}")
+    return neuron.theta.detach().clone() * (0.0 if base == "zero" else 0.5)
+
+
 @dataclass
 class LayerReport:
     name: str
@@ -103,7 +111,7 @@ def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ba
                max_chunk: int = 16) -> Tensor:
     """Set ``v^l(0)`` of layer ``name`` from the rate error on the calibration images ``xs``."""
     neuron: IFNeuron = snn.get_submodule(name)
-    neuron.v0 = neuron.theta.detach().clone() * (0.5 if base == "half" else 0.0)
+    neuron.v0 = base_potential(neuron, base)
     err_sum = None
     n = 0
     for x in _batches(xs, batch):
@@ -218,7 +226,7 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
     if not cfg.lmpc:  # the base potential still applies (θ/2 or 0)
         for n in names:
             m = snn.get_submodule(n)
-            m.v0 = m.theta.detach().clone() * (0.5 if cfg.base == "half" else 0.0)
+            m.v0 = base_potential(m, cfg.base)
     reports = []
     bar = tqdm(names, desc=f"calibrate T={cfg.T}", disable=not progress, leave=False)
     for name in bar:

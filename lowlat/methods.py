@@ -4,6 +4,9 @@
 ``opt``: a current of θ/(2T) added at every step (Deng & Gu, ICLR 2021). ``maxnorm`` /
 ``robustnorm``: the ReLU ANN with θ = max / 99.9th percentile of each layer's activations
 (Diehl 2015; Rueckauer 2017). ``ratenorm``: the Rate-Norm ANN (Ding et al., IJCAI 2021).
+``unbiased`` (ours): v(0) = θ/2 plus a current of −(1/2 − s)·θ/L every step, the exact rewrite
+of ``floor(z·L/λ + s)`` as ``floor((z − (1/2 − s)·λ/L)·L/λ + 1/2)``: equal to the QC-ANN at T = L
+like ``phase1``, but without ``phase1``'s systematic −θ/(2L) rate bias at every other T.
 The calibrated methods (lmpc, lwc, lmpc+lwc) come from :mod:`lowlat.calibrate`.
 """
 
@@ -11,11 +14,12 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from lowlat.activations import QCActivation
 from lowlat.artifacts import build_network
 from lowlat.convert import to_snn
 from lowlat.neurons import IFNeuron, spiking_layers
 
-TIME_INDEPENDENT = ("phase1", "opti", "maxnorm", "robustnorm", "ratenorm")
+TIME_INDEPENDENT = ("phase1", "opti", "unbiased", "maxnorm", "robustnorm", "ratenorm")
 
 
 def set_v0_fraction(snn: nn.Module, fraction: float) -> nn.Module:
@@ -33,7 +37,14 @@ def set_step_shift(snn: nn.Module, T: int) -> nn.Module:
 
 
 def convert_qcann(qcann: nn.Module, method: str, T: int | None = None) -> fx.GraphModule:
+    qc = {n: m for n, m in qcann.named_modules() if isinstance(m, QCActivation)}
     snn = to_snn(qcann)
+    if method == "unbiased":
+        set_v0_fraction(snn, 0.5)
+        for name, m in spiking_layers(snn):
+            a = qc[name]
+            m.shift = -(0.5 - a.shift) * m.theta.detach().clone() / a.levels
+        return snn
     if method == "phase1":
         return snn
     if method == "opti":

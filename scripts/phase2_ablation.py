@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--lwc-iterations", type=int, default=100)
     ap.add_argument("--lwc-batch", type=int, default=256)
     ap.add_argument("--skip-lwc", action="store_true")
+    ap.add_argument("--base", default="half", help="LMPC base used in the LWC comparison")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
     run = Path(args.run_dir)
@@ -59,9 +60,11 @@ def main() -> None:
         for m in ("phase1", "opti", "opt"):
             rows.append({"T": T, "method": m, "top1": acc(convert_qcann(qcann, m, T), T)})
             print(rows[-1], flush=True)
+        rows.append({"T": T, "method": "unbiased",
+                     "top1": acc(convert_qcann(qcann, "unbiased"), T)})
         for formula, gran, base in itertools.product(("abs", "signed"), ("neuron", "channel"),
-                                                     ("zero", "half")):
-            snn = convert_qcann(qcann, "phase1")
+                                                     ("zero", "half", "unbiased")):
+            snn = convert_qcann(qcann, "unbiased" if base == "unbiased" else "phase1")
             t0 = time.time()
             calibrate(snn, qcann, xs, CalibConfig(T=T, lwc=False, formula=formula,
                                                   granularity=gran, base=base), progress=False)
@@ -71,10 +74,10 @@ def main() -> None:
         if args.skip_lwc:
             continue
         for opt, lr in (("sgd", 1e-4), ("sgd", 1e-2), ("adam", 1e-4), ("adam", 1e-3)):
-            snn = convert_qcann(qcann, "phase1")
+            snn = convert_qcann(qcann, "unbiased" if args.base == "unbiased" else "phase1")
             t0 = time.time()
             reps = calibrate(snn, qcann, xs, CalibConfig(
-                T=T, optimizer=opt, lr=lr, iterations=args.lwc_iterations,
+                T=T, optimizer=opt, lr=lr, iterations=args.lwc_iterations, base=args.base,
                 batch_size=args.lwc_batch), progress=False)
             gain = [r["mse_before_lwc"] - r["mse_after_lwc"] for r in reps]
             rows.append({"T": T, "method": "lmpc+lwc", "optimizer": opt, "lr": lr,

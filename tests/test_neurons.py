@@ -126,3 +126,27 @@ def test_triangle_surrogate_gradient():
 def test_neuron_rejects_bad_threshold():
     with pytest.raises(ValueError, match="threshold"):
         IFNeuron(theta=0.0)
+
+
+def test_unbiased_conversion_is_exact_at_T_equals_L_and_unbiased_beyond():
+    from lowlat.activations import QCActivation
+    from lowlat.methods import convert_qcann
+
+    lam, L = 1.3, 8
+    net = nn.Sequential(nn.Linear(1, 1), QCActivation(levels=L, shift=0.0, init_lambda=lam))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.zero_()
+    z = _away_from_steps(3000, lam, L, 0.0)
+    qc = net(z[:, None]).detach()
+    for method in ("phase1", "unbiased"):  # both are exact at T = L ...
+        snn = convert_qcann(net.eval(), method)
+        assert torch.allclose(run_snn(snn, z[:, None], L).mean(0), qc, atol=1e-5)
+    # ... but at T >> L the literal conversion drifts to clip(z) (+θ/(2L) on average) while the
+    # unbiased one stays centred on the QC-ANN's mean
+    T = 256
+    inside = (z > 0) & (z < lam)
+    for method, bias in (("phase1", lam / (2 * L)), ("unbiased", 0.0)):
+        rate = run_snn(convert_qcann(net, method), z[:, None], T).mean(0)
+        err = (rate - qc)[inside].mean().item()
+        assert err == pytest.approx(bias, abs=0.01)

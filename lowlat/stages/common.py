@@ -17,7 +17,7 @@ from lowlat.models import model_entrypoint
 
 log = logging.getLogger("lowlat")
 
-METHODS = ("phase1", "opti", "opt", "maxnorm", "robustnorm", "ratenorm", "lmpc", "lwc", "lmpc+lwc")
+METHODS = ("phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm", "lmpc", "lwc", "lmpc+lwc")
 CALIBRATED = ("lmpc", "lwc", "lmpc+lwc")
 
 
@@ -51,7 +51,7 @@ def validate(cfg: DictConfig) -> None:
     lm = cfg.phase2.lmpc
     for key, val, ok in (("formula", lm.formula, ("signed", "abs")),
                          ("granularity", lm.granularity, ("channel", "neuron")),
-                         ("base", lm.base, ("zero", "half"))):
+                         ("base", lm.base, ("zero", "half", "unbiased"))):
         if val not in ok:
             raise ConfigError(f"phase2.lmpc.{key} must be one of {ok}, got {val!r}")
     if cfg.phase2.lwc.optimizer not in ("adam", "sgd"):

@@ -54,7 +54,7 @@ def run_eval(ctx: Context) -> dict:
         t0 = time.time()
         kw = dict(transform=tf, max_chunk=int(e.max_chunk), device=ctx.device,
                   stats=bool(e.stats), desc=method)
-        if method in ("phase1", "opti"):
+        if method in ("phase1", "opti", "unbiased"):
             st = evaluate_snn(convert_qcann(qcann, method), test, timesteps, **kw)
             rows += rows_from_stats(method, st, ann_macs)
         elif method in ("maxnorm", "robustnorm"):

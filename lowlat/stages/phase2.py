@@ -54,7 +54,8 @@ def run_phase2(ctx: Context) -> dict:
                 gamma=float(p.lwc.gamma), eval_batch=int(p.calib_batch),
                 max_chunk=int(cfg.eval.max_chunk), seed=int(cfg.seed))
             torch.manual_seed(int(cfg.seed))
-            snn = convert_qcann(qcann, "phase1").to(ctx.device)
+            start = "unbiased" if p.lmpc.base == "unbiased" else "phase1"
+            snn = convert_qcann(qcann, start).to(ctx.device)
 
             def log_layer(rep: dict, T=T, method=method) -> None:
                 nonlocal step
