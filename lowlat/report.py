@@ -24,7 +24,8 @@ from typing import Any
 PAPER_FILE = Path(__file__).with_name("paper_results.json")
 DEFAULT_PAPER = "cifar10_vgg16"  # the paper's headline column, used when the run matches none
 CALIBRATED = ("lmpc", "lwc", "lmpc+lwc")
-METHOD_ORDER = ("phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm", *CALIBRATED)
+METHOD_ORDER = ("phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm",
+                *CALIBRATED)
 # (title, methods in the paper's row order, T columns)
 TABLES: dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
     1: ("Table 1: threshold setting methods", ("maxnorm", "robustnorm", "phase1"),

@@ -17,7 +17,8 @@ from lowlat.models import model_entrypoint
 
 log = logging.getLogger("lowlat")
 
-METHODS = ("phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm", "lmpc", "lwc", "lmpc+lwc")
+METHODS = ("phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm", "lmpc", "lwc",
+           "lmpc+lwc")
 CALIBRATED = ("lmpc", "lwc", "lmpc+lwc")
 
 
