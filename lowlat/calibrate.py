@@ -228,7 +228,8 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
             m = snn.get_submodule(n)
             m.v0 = base_potential(m, cfg.base)
     reports = []
-    bar = tqdm(names, desc=f"calibrate T={cfg.T}", disable=not progress, leave=False)
+    bar = tqdm(names, desc=f"calibrate T={cfg.T}", disable=not progress, leave=False,
+               mininterval=2.0)
     for name in bar:
         rep = {"layer": name, "mse_start": layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
                                                        cfg.max_chunk)}
@@ -239,7 +240,8 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
                                               cfg.max_chunk)
         if cfg.lwc:
             def on_step(it: int, loss: float, name=name) -> None:
-                bar.set_postfix(layer=name, it=it, loss=f"{loss:.4g}")
+                bar.set_postfix(layer=name, it=it, loss=f"{loss:.4g}",
+                                refresh=it % 20 == 0)
             r = lwc_layer(snn, ann, name, xs, cfg.T, cfg.iterations, cfg.batch_size, cfg.lr,
                           cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.gamma,
                           cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step)

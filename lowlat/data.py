@@ -265,9 +265,10 @@ class LowLatDataModule(L.LightningDataModule):
             return
         (x_tr, y_tr), (x_te, y_te) = self._load()
         tr_idx, val_idx = self._split(y_tr)
-        if self.limit_test is not None:
-            te_idx = stratified_order(y_te, self.seed)[: self.limit_test]
-            x_te, y_te = x_te[te_idx], y_te[te_idx]
+        # Class-interleaved order, so any prefix of the test batches (limit_test, a quick look
+        # with eval.limit_batches) is a stratified subset, not the first classes only.
+        te_idx = stratified_order(y_te, self.seed)[: _limit(self.limit_test, len(y_te))]
+        x_te, y_te = x_te[te_idx], y_te[te_idx]
         self._test = (x_te, y_te)
         self._val = (x_tr[val_idx], y_tr[val_idx]) if len(val_idx) else None
         self._train = (x_tr[tr_idx], y_tr[tr_idx])

@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--lwc-iterations", type=int, default=100)
     ap.add_argument("--lwc-batch", type=int, default=256)
     ap.add_argument("--skip-lwc", action="store_true")
+    ap.add_argument("--skip-lmpc", action="store_true")
+    ap.add_argument("--lwc-timesteps", type=int, nargs="*", default=None,
+                    help="T for the LWC comparison (default: all --timesteps)")
     ap.add_argument("--base", default="half", help="LMPC base used in the LWC comparison")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
@@ -62,7 +65,7 @@ def main() -> None:
             print(rows[-1], flush=True)
         rows.append({"T": T, "method": "unbiased",
                      "top1": acc(convert_qcann(qcann, "unbiased"), T)})
-        for formula, gran, base in itertools.product(("abs", "signed"), ("neuron", "channel"),
+        for formula, gran, base in [] if args.skip_lmpc else itertools.product(("abs", "signed"), ("neuron", "channel"),
                                                      ("zero", "half", "unbiased")):
             snn = convert_qcann(qcann, "unbiased" if base == "unbiased" else "phase1")
             t0 = time.time()
@@ -71,7 +74,7 @@ def main() -> None:
             rows.append({"T": T, "method": "lmpc", "formula": formula, "granularity": gran,
                          "base": base, "top1": acc(snn, T), "seconds": time.time() - t0})
             print(rows[-1], flush=True)
-        if args.skip_lwc:
+        if args.skip_lwc or T not in (args.lwc_timesteps or args.timesteps):
             continue
         for opt, lr in (("sgd", 1e-4), ("sgd", 1e-2), ("adam", 1e-4), ("adam", 1e-3)):
             snn = convert_qcann(qcann, "unbiased" if args.base == "unbiased" else "phase1")
@@ -91,6 +94,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"run": str(run), "experiment": exp, "qcann_top1": qc_art["metrics"]["test_top1"],
             "test_images": sum(len(y) for _, y in test), "calib_samples": n, "rows": rows}
+    tag = "" if not (args.skip_lwc or args.skip_lmpc) else ("_lmpc" if args.skip_lwc else "_lwc")
+    exp = f"{exp}{tag}"
     (out / f"phase2_ablation_{exp}.json").write_text(json.dumps(meta, indent=1))
     md = [f"# Phase II ablation: {exp} (QC-ANN top-1 {meta['qcann_top1']:.4f}, "
           f"{meta['test_images']} test images, {n} calibration images)", "",

@@ -15,7 +15,7 @@ start=$(date +%s)
 [ -f $run/ratenorm.pt ] || lr stage=phase1 phase1.activation=ratenorm
 [ -f $run/snn_T8.pt ] || lr stage=phase2 'phase2.timesteps=[2,4,8]'
 [ -f $run/snn_T64.pt ] || lr stage=phase2 'phase2.timesteps=[64]' \
-  phase2.lwc.iterations=20 phase2.lwc.batch_size=128
+  phase2.lwc.iterations=20 phase2.lwc.batch_size=128 'phase2.methods=[lmpc,lmpc+lwc]'
 lr stage=eval
 python scripts/phase2_ablation.py $run --timesteps 2 4 --out results/cifar10_cpu
 python -m lowlat.report $run --paper cifar10_vgg16

@@ -94,3 +94,29 @@ def test_failed_stage_leaves_artifacts_untouched(tiny_run, tmp_path):
     assert r.returncode == 2 and "cannot read artifact" in r.stderr
     assert art.read_bytes() == before
     assert not list((root / "runs/tiny").glob(".*.tmp"))
+
+
+def test_conversions_approach_their_anns_as_T_grows(tiny_run):
+    """The unbiased QC conversion tends to the QC-ANN, MaxNorm to the ReLU ANN, at large T."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from lowlat.convert import activation_stats
+    from lowlat.methods import convert_qcann, convert_relu_ann
+    from lowlat.simulate import evaluate_snn
+
+    qc_art = load_artifact(tiny_run / "qcann.pt", "qcann")
+    ann_art = load_artifact(tiny_run / "ann.pt", "ann")
+    dm = hydra.utils.instantiate(OmegaConf.create(qc_art["config"]["data"]))
+    dm.setup()
+    tf = lambda x: dm.transform_batch(x, False)  # noqa: E731
+    test = list(dm.test_dataloader())
+    qc_acc, ann_acc = qc_art["metrics"]["test_top1"], ann_art["metrics"]["test_top1"]
+    acc = evaluate_snn(convert_qcann(load_network(qc_art), "unbiased"), test, [2, 64],
+                       transform=tf, stats=False, progress=False).accuracy()
+    assert abs(acc[64] - qc_acc) <= 0.04 and abs(acc[64] - qc_acc) <= abs(acc[2] - qc_acc)
+    ann = load_network(ann_art)
+    stats = activation_stats(ann, [tf(x) for x, _ in dm.calibration_loader(128, 64)])
+    acc = evaluate_snn(convert_relu_ann(ann, stats, "maxnorm"), test, [8, 256], transform=tf,
+                       max_chunk=64, stats=False, progress=False).accuracy()
+    assert acc[256] >= ann_acc - 0.04 and acc[256] > acc[8]
