@@ -14,7 +14,8 @@ from tests.conftest import run_cli
 
 
 def test_artifacts_reload_and_reproduce(tiny_run):
-    for name in ("ann.pt", "qcann.pt", "snn_T2.pt", "snn_T2_lmpc.pt", "snn_T2_lwc.pt"):
+    for name in ("ann.pt", "qcann.pt", "ratenorm.pt", "snn_T2.pt", "snn_T2_lmpc.pt",
+                 "snn_T2_lwc.pt"):
         art = torch.load(tiny_run / name, weights_only=True)
         assert {"arch", "act", "state_dict", "metrics", "config", "fingerprint"} <= set(art)
     qc = load_artifact(tiny_run / "qcann.pt", "qcann")
@@ -33,8 +34,8 @@ def test_artifacts_reload_and_reproduce(tiny_run):
 def test_results_table(tiny_run):
     rows = list(csv.DictReader((tiny_run / "results.csv").open()))
     methods = {r["method"] for r in rows}
-    assert methods == {"phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "lmpc",
-                       "lwc", "lmpc+lwc"}
+    assert methods == {"phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm",
+                       "lmpc", "lwc", "lmpc+lwc"}
     assert {int(r["T"]) for r in rows if r["method"] == "phase1"} == {1, 2, 4, 8}
     assert all(0.0 <= float(r["top1"]) <= 1.0 for r in rows)
     data = json.loads((tiny_run / "results.json").read_text())
