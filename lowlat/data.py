@@ -267,7 +267,7 @@ class LowLatDataModule(L.LightningDataModule):
         tr_idx, val_idx = self._split(y_tr)
         # Class-interleaved order, so any prefix of the test batches (limit_test, a quick look
         # with eval.limit_batches) is a stratified subset, not the first classes only.
-        te_idx = stratified_order(y_te, self.seed)[: _limit(self.limit_test, len(y_te))]
+        te_idx = stratified_order(y_te, 0)[: _limit(self.limit_test, len(y_te))]  # seed-free
         x_te, y_te = x_te[te_idx], y_te[te_idx]
         self._test = (x_te, y_te)
         self._val = (x_tr[val_idx], y_tr[val_idx]) if len(val_idx) else None
@@ -820,10 +820,9 @@ class ImageFolderDataModule(LowLatDataModule):
         tar = self.root if self.is_tar else None
         y_tr = torch.from_numpy(ent.labels["train"])
         tr_idx, val_idx = (idx.numpy() for idx in self._split(y_tr))
-        te_idx = np.arange(len(ent.labels["test"]))
-        if self.limit_test is not None:
-            y_te = torch.from_numpy(ent.labels["test"])
-            te_idx = stratified_order(y_te, self.seed)[: self.limit_test].numpy()
+        y_te = torch.from_numpy(ent.labels["test"])
+        n_te = _limit(self.limit_test, len(y_te))
+        te_idx = stratified_order(y_te, 0)[:n_te].numpy()  # any prefix is stratified, seed-free
 
         def make(split: str, idx: np.ndarray, tf: Callable[[Tensor], Tensor]) -> Dataset:
             return LazyImageDataset(ent.sources[split][idx], ent.labels[split][idx], tf, tar)

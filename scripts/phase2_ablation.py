@@ -65,8 +65,9 @@ def main() -> None:
             print(rows[-1], flush=True)
         rows.append({"T": T, "method": "unbiased",
                      "top1": acc(convert_qcann(qcann, "unbiased"), T)})
-        for formula, gran, base in [] if args.skip_lmpc else itertools.product(("abs", "signed"), ("neuron", "channel"),
-                                                     ("zero", "half", "unbiased")):
+        combos = itertools.product(("abs", "signed"), ("neuron", "channel"),
+                                   ("zero", "half", "unbiased"))
+        for formula, gran, base in [] if args.skip_lmpc else combos:
             snn = convert_qcann(qcann, "unbiased" if base == "unbiased" else "phase1")
             t0 = time.time()
             calibrate(snn, qcann, xs, CalibConfig(T=T, lwc=False, formula=formula,
