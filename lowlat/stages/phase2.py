@@ -75,6 +75,7 @@ def run_phase2(ctx: Context) -> dict:
             new = rows_from_stats(method, st, ann_macs,
                                   source_fp=f"{fp}:{cfg.eval.limit_batches}")
             rows += new
+            update_results(ctx.run_dir, new)  # now, so a kill later loses no finished row
             metrics = {"top1": new[0]["top1"], "calib_seconds": seconds, "layers": reports}
             save_artifact(ctx.run_dir / snn_artifact_name(T, method), "snn", snn.cpu(),
                           qc_art["arch"], qc_art["act"], metrics, ctx.config_dict(), fp,
