@@ -25,11 +25,13 @@ def test_notebook_runs(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.Monke
     run = tmp_path / "tiny"
     shutil.copytree(tiny_run, run)  # the notebook writes figures into <run>/report
     monkeypatch.setenv("LOWLAT_RUN_DIR", str(run))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel must use its inline backend
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    errors = [f"{o.ename}: {o.evalue}" for o in outputs if o.output_type == "error"]
+    assert not errors, errors
     text = "".join(o.get("text", "") for o in outputs)
     assert "rate MSE vs QC-ANN" in text and "RMPE share" in text
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
