@@ -91,6 +91,7 @@ def run_eval(ctx: Context) -> dict:
                 rows += rows_from_stats(method, st, ann_macs, source_fp=source)
             if not found:
                 log.warning("eval: no %s artifacts in %s (run stage=phase2)", method, ctx.run_dir)
+        update_results(ctx.run_dir, [r for r in rows if r["method"] == method], **summary)
         log.info("eval %s: %s (%.1fs)", method, ", ".join(
             f"T={r['T']}:{r['top1']:.4f}" for r in rows if r["method"] == method),
             time.time() - t0)
