@@ -83,9 +83,10 @@ class Context:
 
     def fp(self, *keys: str, upstream: str = "") -> str:
         """Fingerprint of the config sections a stage depends on (and its input artifact)."""
-        parts = {k: OmegaConf.to_container(OmegaConf.select(self.cfg, k), resolve=True)
-                 if isinstance(OmegaConf.select(self.cfg, k), DictConfig)
-                 else OmegaConf.select(self.cfg, k) for k in keys}
+        def plain(v):
+            return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+        parts = {k: plain(OmegaConf.select(self.cfg, k)) for k in keys}
         return fingerprint({"sections": parts, "upstream": upstream})
 
     def loggers(self) -> list:
