@@ -24,7 +24,16 @@ from lowlat.activations import make_act_layer
 from lowlat.models import create_model
 
 FORMAT = 1
-PRODUCER = {"ann": "ann", "qcann": "phase1", "ratenorm": "phase1", "snn": "phase2"}
+# The pipeline's hand-offs, named once: ann.pt -> qcann.pt (ratenorm.pt) -> snn_T<T>_<method>.pt
+ANN, QCANN, RATENORM = "ann.pt", "qcann.pt", "ratenorm.pt"
+SOURCE_FILE = {"ann": ANN, "qcann": QCANN, "ratenorm": RATENORM}
+PRODUCER = {"ann": "stage=ann", "qcann": "stage=phase1",
+            "ratenorm": "stage=phase1 phase1.activation=ratenorm", "snn": "stage=phase2"}
+
+
+def snn_name(T: int, method: str) -> str:
+    """The calibrated SNN of one (T, method): ``snn_T4_lmpc+lwc.pt``."""
+    return f"snn_T{int(T)}_{method}.pt"
 
 
 class ArtifactError(RuntimeError):
@@ -63,7 +72,7 @@ def save_artifact(path: str | Path, kind: str, model: nn.Module, arch: dict, act
 def load_artifact(path: str | Path, kind: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
-        hint = f" (run stage={PRODUCER[kind]} first)" if kind in PRODUCER else ""
+        hint = f" (run {PRODUCER[kind]} first)" if kind in PRODUCER else ""
         raise ArtifactError(f"artifact {path} not found{hint}")
     try:
         art = torch.load(path, map_location="cpu", weights_only=True)

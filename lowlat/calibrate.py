@@ -5,10 +5,11 @@ calibrated layers before it, against the QC-ANN's activation ``h^l`` on the same
 
 * LMPC (paper eq. 13): ``v^l(0) = (T/N)·Σ_n |h − φ|`` as printed (``formula='abs'``), or the
   sign-preserving ``v^l(0) = T·mean_n(h − φ)`` (``'signed'``, Li et al. 2021), per neuron or per
-  channel, added to a base potential (0, or θ/2 as in OptI) from which φ is measured.
+  channel, added to the v(0) the network was converted with (the start: 0 = s·θ for Phase I,
+  θ/2 for OptI), from which φ is measured.
 * LWC (eqs. 14-17): minimise ``mean((θ·count/T − h)^2)`` over the weights feeding layer l, by
-  BPTT through the T steps with the triangle surrogate; an update that raises the layer's MSE on
-  the calibration set is discarded.
+  BPTT through the T steps with the triangle surrogate. ``accept='always'`` keeps every update
+  (the paper); ``'mse'`` discards a layer's update that raises its MSE on the calibration set.
 """
 
 from __future__ import annotations
@@ -75,14 +76,6 @@ def snn_rate(snn: nn.Module, name: str, x: Tensor, T: int, max_chunk: int = 16) 
     return total / T
 
 
-def base_potential(neuron: IFNeuron, base: str) -> Tensor:
-    """v(0) before the correction: 0 (``zero``) or θ/2 (``half``, and ``unbiased``, whose
-    bias shift is set at conversion, see :func:`lowlat.methods.convert_qcann`)."""
-    if base not in ("zero", "half", "unbiased"):
-        raise ValueError(f"LMPC base must be zero, half or unbiased, got {base!r}")
-    return neuron.theta.detach().clone() * (0.0 if base == "zero" else 0.5)
-
-
 @dataclass
 class LayerReport:
     name: str
@@ -107,11 +100,17 @@ def layer_mse(snn, ann, name: str, xs: Tensor, T: int, batch: int, max_chunk: in
 
 @torch.no_grad()
 def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, batch: int,
-               formula: str = "signed", granularity: str = "channel", base: str = "half",
+               formula: str = "signed", granularity: str = "channel",
                max_chunk: int = 16) -> Tensor:
-    """Set ``v^l(0)`` of layer ``name`` from the rate error on the calibration images ``xs``."""
+    """Correct ``v^l(0)`` of layer ``name`` by the rate error on the calibration images ``xs``.
+
+    φ is measured with the v(0) the layer has now (its start); the correction is added to it.
+    """
+    if formula not in ("abs", "signed"):
+        raise ValueError(f"LMPC formula must be abs or signed, got {formula!r}")
+    if granularity not in ("neuron", "channel"):
+        raise ValueError(f"LMPC granularity must be neuron or channel, got {granularity!r}")
     neuron: IFNeuron = snn.get_submodule(name)
-    neuron.v0 = base_potential(neuron, base)
     err_sum = None
     n = 0
     for x in _batches(xs, batch):
@@ -134,8 +133,16 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
               batch_size: int, lr: float, optimizer: str = "adam", momentum: float = 0.9,
               weight_decay: float = 0.0, gamma: float = 1.0, eval_batch: int = 256,
               max_chunk: int = 16, seed: int = 0,
-              on_step: Callable[[int, float], None] | None = None) -> LayerReport:
-    """Calibrate the weights feeding layer ``name`` by BPTT (eqs. 14-17)."""
+              on_step: Callable[[int, float], None] | None = None,
+              accept: str = "mse") -> LayerReport:
+    """Calibrate the weights feeding layer ``name`` by BPTT (eqs. 14-17).
+
+    ``accept='mse'`` restores the weights if the layer's MSE rose; ``'always'`` keeps them.
+    """
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"LWC optimizer must be sgd or adam, got {optimizer!r}")
+    if accept not in ("always", "mse"):
+        raise ValueError(f"LWC accept must be always or mse, got {accept!r}")
     neurons = dict(spiking_layers(snn))
     order = list(neurons)
     idx = order.index(name)
@@ -187,7 +194,10 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
             p.grad = None
         reset_states(snn)
     after = layer_mse(snn, ann, name, xs, T, eval_batch, max_chunk)
-    if not math.isfinite(after) or after > before:
+    if not math.isfinite(after):
+        raise FloatingPointError(f"LWC made layer {name!r} non-finite (MSE {after}) at T={T}; "
+                                 "lower phase2.lwc.lr")
+    if accept == "mse" and after > before:
         snn.load_state_dict(saved)
         return LayerReport(name, before, after, kept=False)
     return LayerReport(name, before, after)
@@ -200,7 +210,6 @@ class CalibConfig:
     lwc: bool = True
     formula: str = "signed"
     granularity: str = "channel"
-    base: str = "half"
     iterations: int = 100
     batch_size: int = 1024
     lr: float = 1e-4
@@ -208,6 +217,7 @@ class CalibConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     gamma: float = 1.0
+    accept: str = "mse"
     eval_batch: int = 256
     max_chunk: int = 16
     seed: int = 0
@@ -218,15 +228,12 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
               log: Callable[[dict], None] | None = None) -> list[dict]:
     """Calibrate ``snn`` in place, layer by layer (v(0) first, then the weights, as in Fig. 2).
 
+    ``snn`` comes converted with its starting v(0) and shifts (e.g. Phase I or OptI).
     Returns one report per layer: MSE before LMPC, after LMPC and after LWC.
     """
     names = list(layers) if layers is not None else [n for n, _ in spiking_layers(snn)]
     ann = ann.eval()
     snn.eval()
-    if not cfg.lmpc:  # the base potential still applies (θ/2 or 0)
-        for n in names:
-            m = snn.get_submodule(n)
-            m.v0 = base_potential(m, cfg.base)
     reports = []
     bar = tqdm(names, desc=f"calibrate T={cfg.T}", disable=not progress, leave=False,
                mininterval=2.0)
@@ -235,7 +242,7 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
                                                        cfg.max_chunk)}
         if cfg.lmpc:
             lmpc_layer(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.formula, cfg.granularity,
-                       cfg.base, cfg.max_chunk)
+                       cfg.max_chunk)
             rep["mse_after_lmpc"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
                                               cfg.max_chunk)
         if cfg.lwc:
@@ -244,7 +251,7 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
                                 refresh=it % 20 == 0)
             r = lwc_layer(snn, ann, name, xs, cfg.T, cfg.iterations, cfg.batch_size, cfg.lr,
                           cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.gamma,
-                          cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step)
+                          cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step, cfg.accept)
             rep.update(mse_before_lwc=r.mse_before, mse_after_lwc=r.mse_after, lwc_kept=r.kept)
         rep["mse_end"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.max_chunk)
         reports.append(rep)

@@ -151,10 +151,10 @@ def activation_stats(
     model: nn.Module, batches: Iterable[torch.Tensor], percentile: float = 99.9,
     max_samples: int = 2_000_000, seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Per-activation maximum and ``percentile`` of the outputs on ``batches`` (ANN in eval mode).
-
-    The percentile is taken over all values, zeros included (as Rueckauer et al. and the
-    spikingjelly tutorial do), on a uniform subsample of at most ``max_samples`` values a layer.
+    """Per-activation statistics of the outputs on ``batches`` (ANN in eval mode): ``max``,
+    ``percentile`` over all values, zeros included (the SpikingJelly tutorial's RobustNorm), and
+    ``percentile_nonzero`` over the non-zero values only (Rueckauer et al. 2017's definition),
+    each on a uniform subsample of at most ``max_samples`` values a layer.
     """
     model.eval()
     names = activation_names(model)
@@ -189,6 +189,14 @@ def activation_stats(
         v = torch.cat(samples[n])
         if v.numel() > max_samples:
             v = v[torch.randperm(v.numel(), generator=gen)[:max_samples]]
-        k = max(1, min(v.numel(), int(round(percentile / 100 * v.numel()))))
-        out[n] = {"max": maxima[n], "percentile": float(v.kthvalue(k).values)}
+        out[n] = {"max": maxima[n], "percentile": _percentile(v, percentile),
+                  "percentile_nonzero": _percentile(v[v != 0], percentile)}
     return out
+
+
+def _percentile(v: torch.Tensor, q: float) -> float:
+    """The q-th percentile (nearest rank) of ``v``; 0 for an empty tensor (a silent layer)."""
+    if v.numel() == 0:
+        return 0.0
+    k = max(1, min(v.numel(), int(round(q / 100 * v.numel()))))
+    return float(v.kthvalue(k).values)

@@ -23,9 +23,10 @@ class Classifier(L.LightningModule):
     def __init__(self, model: nn.Module, num_classes: int, lr: float = 0.1,
                  momentum: float = 0.9, weight_decay: float = 5e-4, epochs: int = 1,
                  threshold_lr: float | None = None, threshold_weight_decay: float = 0.0,
-                 nesterov: bool = False) -> None:
+                 nesterov: bool = False, freeze_bn: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.freeze_bn = freeze_bn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.epochs = max(1, epochs)
         self.threshold_lr = lr if threshold_lr is None else threshold_lr
@@ -33,7 +34,28 @@ class Classifier(L.LightningModule):
         self.nesterov = nesterov
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def set_train_mode(self) -> None:
+        """Every module trains, except BatchNorm when ``freeze_bn`` (statistics kept fixed;
+        its affine parameters still learn). Called before fit and at every epoch start, so no
+        module is left in a mode nobody chose."""
+        self.model.train()
+        if self.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def on_train_epoch_start(self) -> None:
+        self.set_train_mode()
+
+    def on_train_epoch_end(self) -> None:
+        """Stop at the first epoch that leaves a non-finite weight (one check per epoch, not a
+        host synchronisation per step)."""
+        bad = first_nonfinite(self.model)
+        if bad is not None:
+            raise FloatingPointError(
+                f"training diverged at epoch {self.current_epoch}: parameter {bad!r} is NaN/inf "
+                f"(lr {self.lr}); lower the learning rate")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -53,11 +75,6 @@ class Classifier(L.LightningModule):
         self.val_acc(logits, y)
         self.log("val/loss", F.cross_entropy(logits, y))
         self.log("val/top1", self.val_acc, prog_bar=True)
-
-    def test_step(self, batch, _idx):
-        x, y = batch
-        self.test_acc(self(x), y)
-        self.log("test/top1", self.test_acc)
 
     def configure_optimizers(self):
         thr, rest = [], []
@@ -99,6 +116,14 @@ class BestWeights(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.state is not None:
             pl_module.model.load_state_dict(self.state)
+
+
+def first_nonfinite(model: nn.Module) -> str | None:
+    """Name of the first parameter or buffer holding a NaN or inf, else None."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 @torch.no_grad()

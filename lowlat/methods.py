@@ -1,25 +1,86 @@
-"""Conversion methods, each a pure function from trained networks to an SNN for a given T.
+"""The method table: every conversion method lowlat evaluates, defined once.
 
-``phase1``: the QC-ANN converted as is, v(0) = 0. ``opti``: v(0) = θ/2 (Bu et al., AAAI 2022).
-``opt``: a current of θ/(2T) added at every step (Deng & Gu, ICLR 2021). ``maxnorm`` /
-``robustnorm``: the ReLU ANN with θ = max / 99.9th percentile of each layer's activations
-(Diehl 2015; Rueckauer 2017). ``ratenorm``: the Rate-Norm ANN (Ding et al., IJCAI 2021).
-``unbiased`` (ours): v(0) = θ/2 plus a current of −(1/2 − s)·θ/L every step, the exact rewrite
-of ``floor(z·L/λ + s)`` as ``floor((z − (1/2 − s)·λ/L)·L/λ + 1/2)``: equal to the QC-ANN at T = L
-like ``phase1``, but without ``phase1``'s systematic −θ/(2L) rate bias at every other T.
-The calibrated methods (lmpc, lwc, lmpc+lwc) come from :mod:`lowlat.calibrate`.
+Each :class:`Method` says which artifact it starts from, whether its network depends on T, how
+it is built and how the report labels it. The stages, the report and the docs read this table;
+adding a method is one entry here (and its test).
+
+Two families stand side by side:
+
+* **The paper's rows, as printed** (Xiong et al. 2025, Tables 1-3): ``phase1`` (QC-ANN converted
+  as is, v(0) = s·θ, i.e. 0 for the paper's s = 0), ``opti`` (v(0) = θ/2, Bu et al. 2022),
+  ``opt`` (θ/(2T) added each step, Deng & Gu 2021), ``lmpc`` (eq. 13 as printed: per neuron,
+  ``v(0) = (T/N)·Σ|h − φ|`` from the Phase I start), ``lwc`` (Phase I + LWC by SGD, momentum
+  0.9, every update kept), ``lmpc+lwc`` (both, layer by layer as in Fig. 2), and the baselines
+  of Table 1 and 3 (``maxnorm``, ``robustnorm`` = Rueckauer et al.'s 99.9th percentile of the
+  non-zero activations, ``ratenorm``).
+* **lowlat's own variants**, named as such: ``unbiased`` (exact s = 0 → s = ½ rewrite),
+  ``robustnorm_all`` (the percentile over all values, zeros included, as in the SpikingJelly
+  tutorial), ``lowlat-lmpc``, ``lowlat-lwc`` and ``lowlat`` (LMPC, LWC and both with the
+  recipe of ``phase2.lowlat``: by default the sign-preserving correction per channel from θ/2
+  and Adam with a keep-if-better guard, chosen on the validation split; see the README).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from torch import fx, nn
 
 from lowlat.activations import QCActivation
 from lowlat.artifacts import build_network
 from lowlat.convert import to_snn
-from lowlat.neurons import IFNeuron, spiking_layers
+from lowlat.neurons import spiking_layers
 
-TIME_INDEPENDENT = ("phase1", "opti", "unbiased", "maxnorm", "robustnorm", "ratenorm")
+Source = Literal["qcann", "ann", "ratenorm"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a calibrated method runs Phase II (LMPC and/or LWC, per layer as in Fig. 2)."""
+
+    lmpc: bool
+    lwc: bool
+    start: str = "phase1"        # conversion it starts from: phase1 | opti | unbiased
+    formula: str = "abs"         # LMPC: abs (eq. 13 as printed) | signed
+    granularity: str = "neuron"  # LMPC: neuron (eq. 13's index i) | channel
+    optimizer: str = "sgd"       # LWC: sgd (paper, momentum 0.9) | adam
+    accept: str = "always"       # LWC: always (paper) | mse (keep a layer's update if it helps)
+
+
+PAPER_LMPC = Recipe(lmpc=True, lwc=False)
+PAPER_LWC = Recipe(lmpc=False, lwc=True)
+PAPER_BOTH = Recipe(lmpc=True, lwc=True)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str                      # the report's row name
+    source: Source                  # artifact the method starts from
+    paper: bool                     # a row of the paper (True) or lowlat's own (False)
+    description: str
+    per_T: bool = False             # its network depends on T (built once per T)
+    convert: Callable[..., fx.GraphModule] | None = None  # (net, T=..., stats=...) -> SNN
+    recipe: Recipe | None = None    # calibrated methods (built by stage phase2)
+    lowlat_recipe: tuple[bool, bool] | None = None  # (lmpc, lwc) of phase2.lowlat's recipe
+    stats: str | None = None        # key of the activation statistic used as θ (ReLU ANN)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.recipe is not None or self.lowlat_recipe is not None
+
+
+# ------------------------------------------------------------------ conversions
+
+
+def _qc_levels_shift(model: nn.Module) -> tuple[int, float]:
+    qc = [m for m in model.modules() if isinstance(m, QCActivation)]
+    if not qc:
+        raise ValueError("this method converts a QC-ANN, but the network has no QCActivation")
+    return qc[0].levels, qc[0].shift
 
 
 def set_v0_fraction(snn: nn.Module, fraction: float) -> nn.Module:
@@ -29,37 +90,145 @@ def set_v0_fraction(snn: nn.Module, fraction: float) -> nn.Module:
     return snn
 
 
-def set_step_shift(snn: nn.Module, T: int) -> nn.Module:
-    """Add θ/(2T) to the input current of every step (Deng & Gu's bias shift)."""
+def phase1(qcann: nn.Module, **_: Any) -> fx.GraphModule:
+    """Phase I: v(0) = s·θ, so T = L reproduces ``floor(z·L/λ + s)`` exactly (s = 0: v(0) = 0)."""
+    _, s = _qc_levels_shift(qcann)
+    return set_v0_fraction(to_snn(qcann), s)
+
+
+def opti(qcann: nn.Module, **_: Any) -> fx.GraphModule:
+    _qc_levels_shift(qcann)
+    return set_v0_fraction(to_snn(qcann), 0.5)
+
+
+def opt(qcann: nn.Module, T: int | None = None, **_: Any) -> fx.GraphModule:
+    """Phase I plus a current of θ/(2T) at every step (Deng & Gu's threshold shift)."""
+    if T is None:
+        raise ValueError("method 'opt' depends on T; give T")
+    snn = phase1(qcann)
     for _, m in spiking_layers(snn):
         m.shift = m.theta.detach().clone() / (2 * T)
     return snn
 
 
+def unbiased(qcann: nn.Module, **_: Any) -> fx.GraphModule:
+    """v(0) = θ/2 and a current of −(½ − s)·θ/L: ``floor(zL/λ + s) = floor((z − (½−s)λ/L)L/λ + ½)``
+    exactly, so T = L matches the QC-ANN and every other T loses Phase I's −θ/(2L) rate bias."""
+    levels, s = _qc_levels_shift(qcann)
+    snn = set_v0_fraction(to_snn(qcann), 0.5)
+    for _, m in spiking_layers(snn):
+        m.shift = -(0.5 - s) * m.theta.detach().clone() / levels
+    return snn
+
+
+def relu_thresholds(ann: nn.Module, stats: dict[str, dict[str, float]] | None = None,
+                    key: str = "max", **_: Any) -> fx.GraphModule:
+    if stats is None:
+        raise ValueError("MaxNorm/RobustNorm need activation statistics of the ReLU ANN")
+    return to_snn(ann, thresholds={n: max(s[key], 1e-6) for n, s in stats.items()})
+
+
+def ratenorm(rn: nn.Module, **_: Any) -> fx.GraphModule:
+    return to_snn(rn)
+
+
+STARTS: dict[str, Callable[..., fx.GraphModule]] = {
+    "phase1": phase1, "opti": opti, "unbiased": unbiased}
+
+# ------------------------------------------------------------------ the table
+
+_TABLE = [
+    Method("phase1", "Phase I", "qcann", True,
+           "QC-ANN converted as is: θ = λ, v(0) = s·θ (0 for the paper's s = 0)", convert=phase1),
+    Method("opti", "Phase I+OptI", "qcann", True, "Phase I with v(0) = θ/2 (Bu et al. 2022)",
+           convert=opti),
+    Method("opt", "Phase I+Opt", "qcann", True,
+           "Phase I plus θ/(2T) added to the input every step (Deng & Gu 2021)", per_T=True,
+           convert=opt),
+    Method("maxnorm", "Max Norm", "ann", True,
+           "ReLU ANN, θ = the layer's maximum activation (Diehl et al. 2015)",
+           convert=relu_thresholds, stats="max"),
+    Method("robustnorm", "Robust Norm", "ann", True,
+           "ReLU ANN, θ = 99.9th percentile of the layer's non-zero activations (Rueckauer 2017)",
+           convert=relu_thresholds, stats="percentile_nonzero"),
+    Method("ratenorm", "RateNorm", "ratenorm", True,
+           "Rate Norm Layer ANN (Ding et al. 2021) converted with its learnt thresholds",
+           convert=ratenorm),
+    Method("lmpc", "Phase I+LMPC", "qcann", True,
+           "Phase I, then eq. 13 as printed per neuron, layer by layer", per_T=True,
+           recipe=PAPER_LMPC),
+    Method("lwc", "Phase I+LWC", "qcann", True,
+           "Phase I, then LWC (eqs. 14-17) by SGD with momentum 0.9, every update kept",
+           per_T=True, recipe=PAPER_LWC),
+    Method("lmpc+lwc", "Phase I+LMPC+LWC", "qcann", True,
+           "Phase I, then per layer eq. 13 and LWC by SGD (Fig. 2)", per_T=True,
+           recipe=PAPER_BOTH),
+    Method("unbiased", "Unbiased", "qcann", False,
+           "v(0) = θ/2 and −(½ − s)·θ/L each step: exact at T = L, unbiased elsewhere",
+           convert=unbiased),
+    Method("robustnorm_all", "Robust Norm (all values)", "ann", False,
+           "ReLU ANN, θ = 99.9th percentile of all activations, zeros included",
+           convert=relu_thresholds, stats="percentile"),
+    Method("lowlat-lmpc", "lowlat LMPC", "qcann", False,
+           "LMPC with the phase2.lowlat recipe (default: signed, per channel, from θ/2)",
+           per_T=True, lowlat_recipe=(True, False)),
+    Method("lowlat-lwc", "lowlat LWC", "qcann", False,
+           "LWC with the phase2.lowlat recipe (default: from θ/2, Adam, keep-if-better)",
+           per_T=True, lowlat_recipe=(False, True)),
+    Method("lowlat", "lowlat (LMPC+LWC)", "qcann", False,
+           "LMPC then LWC per layer with the phase2.lowlat recipe", per_T=True,
+           lowlat_recipe=(True, True)),
+]
+METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
+PAPER_METHODS = tuple(m.name for m in _TABLE if m.paper)
+CALIBRATED = tuple(m.name for m in _TABLE if m.calibrated)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}") from None
+
+
+def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe:
+    """The Phase II recipe of a calibrated method; ``lowlat`` is the ``phase2.lowlat`` config."""
+    m = get_method(method) if isinstance(method, str) else method
+    if m.recipe is not None:
+        return m.recipe
+    if m.lowlat_recipe is None:
+        raise ValueError(f"method {m.name!r} is not calibrated")
+    lw = dict(lowlat or {})
+    return Recipe(lmpc=m.lowlat_recipe[0], lwc=m.lowlat_recipe[1],
+                  start=str(lw.get("start", "opti")), formula=str(lw.get("formula", "signed")),
+                  granularity=str(lw.get("granularity", "channel")),
+                  optimizer=str(lw.get("optimizer", "adam")), accept=str(lw.get("accept", "mse")))
+
+
+def convert(method: str, net: nn.Module, T: int | None = None,
+            stats: dict[str, dict[str, float]] | None = None) -> fx.GraphModule:
+    """The uncalibrated SNN of ``method`` from its source network (see ``Method.source``)."""
+    m = get_method(method)
+    if m.convert is None:
+        raise ValueError(f"method {method!r} is calibrated: build it with lowlat.calibrate "
+                         f"(stage phase2), starting from {recipe(m).start!r}")
+    return m.convert(net, T=T, stats=stats, key=m.stats)
+
+
 def convert_qcann(qcann: nn.Module, method: str, T: int | None = None) -> fx.GraphModule:
-    qc = {n: m for n, m in qcann.named_modules() if isinstance(m, QCActivation)}
-    snn = to_snn(qcann)
-    if method == "unbiased":
-        set_v0_fraction(snn, 0.5)
-        for name, m in spiking_layers(snn):
-            a = qc[name]
-            m.shift = -(0.5 - a.shift) * m.theta.detach().clone() / a.levels
-        return snn
-    if method == "phase1":
-        return snn
-    if method == "opti":
-        return set_v0_fraction(snn, 0.5)
-    if method == "opt":
-        if T is None:
-            raise ValueError("method 'opt' depends on T; give T")
-        return set_step_shift(snn, T)
-    raise ValueError(f"convert_qcann: unknown method {method!r}")
+    """A QC-ANN conversion (``phase1``, ``opti``, ``opt``, ``unbiased``)."""
+    if method not in STARTS and method != "opt":
+        raise ValueError(f"convert_qcann: unknown method {method!r}; valid: "
+                         f"{', '.join([*STARTS, 'opt'])}")
+    return convert(method, qcann, T=T)
 
 
 def convert_relu_ann(ann: nn.Module, stats: dict[str, dict[str, float]],
                      method: str) -> fx.GraphModule:
-    key = {"maxnorm": "max", "robustnorm": "percentile"}[method]
-    return to_snn(ann, thresholds={n: max(s[key], 1e-6) for n, s in stats.items()})
+    """A ReLU-ANN conversion (``maxnorm``, ``robustnorm``, ``robustnorm_all``)."""
+    if get_method(method).source != "ann":
+        raise ValueError(f"convert_relu_ann: {method!r} does not start from the ReLU ANN")
+    return convert(method, ann, stats=stats)
 
 
 def load_snn(art: dict) -> fx.GraphModule:
@@ -73,5 +242,15 @@ def load_snn(art: dict) -> fx.GraphModule:
     return snn.eval()
 
 
-def neuron_names(snn: nn.Module) -> list[str]:
-    return [n for n, m in snn.named_modules() if isinstance(m, IFNeuron)]
+def methods_markdown() -> str:
+    """The table as Markdown, for the docs (``python -m lowlat.methods``)."""
+    lines = ["| method | row label | paper's row | from | per T | definition |",
+             "|---|---|---|---|---|---|"]
+    for m in _TABLE:
+        lines.append(f"| `{m.name}` | {m.label} | {'yes' if m.paper else 'no'} | {m.source}.pt | "
+                     f"{'yes' if m.per_T else 'no'} | {m.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(methods_markdown(), end="")

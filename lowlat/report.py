@@ -21,19 +21,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from lowlat.methods import CALIBRATED, METHODS
+
 PAPER_FILE = Path(__file__).with_name("paper_results.json")
 DEFAULT_PAPER = "cifar10_vgg16"  # the paper's headline column, used when the run matches none
-CALIBRATED = ("lmpc", "lwc", "lmpc+lwc")
-METHOD_ORDER = ("phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm",
-                *CALIBRATED)
-# (title, methods in the paper's row order, T columns)
-TABLES: dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
+METHOD_ORDER = tuple(METHODS)
+# (title, the paper's rows (paper-literal methods and cited baselines), T columns, lowlat's extra
+# rows shown below them, never in their place)
+TABLES: dict[int, tuple[str, tuple[str, ...], tuple[int, ...], tuple[str, ...]]] = {
     1: ("Table 1: threshold setting methods", ("maxnorm", "robustnorm", "phase1"),
-        (8, 16, 32, 64, 128)),
-    2: ("Table 2: initial membrane potential methods", ("phase1", "opti", "opt", "lmpc"), (4, 16)),
+        (8, 16, 32, 64, 128), ("robustnorm_all", "unbiased")),
+    2: ("Table 2: initial membrane potential methods", ("phase1", "opti", "opt", "lmpc"), (4, 16),
+        ("unbiased", "lowlat-lmpc")),
     3: ("Table 3: comparison with other conversion methods",
         ("ratenorm", "opt", "calibration", "opti", "qcfs", "phase1", "lwc", "lmpc+lwc"),
-        (2, 4, 8, 16, 32, 64, 128)),
+        (2, 4, 8, 16, 32, 64, 128), ("unbiased", "lowlat-lwc", "lowlat")),
 }
 
 
@@ -63,6 +65,8 @@ def paper_value(key: str | None, table: int | None, method: str, T: int | None,
 
 
 def label(method: str) -> str:
+    if method in METHODS:
+        return METHODS[method].label + ("" if METHODS[method].paper else " (lowlat)")
     return load_paper()["labels"].get(method, method)
 
 
@@ -80,15 +84,25 @@ class Run:
         return next((r for r in self.results.get("rows", [])
                      if r["method"] == method and int(r["T"]) == T), None)
 
-    def top1(self, method: str, T: int) -> float | None:
-        """Our top-1 in percent."""
+    def top1(self, method: str, T: int, split: str = "test") -> float | None:
+        """Our top-1 in percent on the test split (``top1``) or validation (``val_top1``)."""
         r = self.row(method, T)
-        return None if r is None else 100.0 * float(r["top1"])
+        key = "top1" if split == "test" else "val_top1"
+        return None if r is None or r.get(key) is None else 100.0 * float(r[key])
 
     def ann_top1(self, method: str) -> float | None:
-        """The ANN accuracy a method starts from (RateNorm has its own ANN), in percent."""
+        """The ANN accuracy a method starts from (RateNorm has its own ANN), test, in percent."""
         v = self.results.get("ratenorm_ann_top1" if method == "ratenorm" else "ann_top1")
         return None if v is None else 100.0 * float(v)
+
+    def test_subset(self) -> str:
+        """How much of the test split the figures stand on, for every table heading."""
+        n, total = self.results.get("test_images"), self.results.get("test_images_total")
+        if n is None:
+            return "test split"
+        if total and n < total:
+            return f"test split, first {n} of {total} images (a stratified prefix)"
+        return f"full test split, {n} images"
 
     def methods(self) -> list[str]:
         found = {r["method"] for r in self.results.get("rows", [])}
@@ -178,7 +192,22 @@ def find_runs(paths: Iterable[str | Path], max_depth: int = 4) -> tuple[list[Run
 # ---------------------------------------------------------------- paper column
 
 
-def _dataset_network(cfg: dict[str, Any]) -> tuple[str | None, str | None]:
+def _dataset_network(cfg: dict[str, Any],
+                     results: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """Dataset and network of a run: as recorded in results.json, else read off its config."""
+    res = results or {}
+    if isinstance(res.get("dataset"), dict) and isinstance(res.get("model"), dict):
+        d = res["dataset"]
+        text = f"{d.get('name', '')} {d.get('root', '')} {d.get('_target_', '')}".lower()
+        if int(d.get("num_classes") or 0) == 100 or "cifar100" in text:
+            ds = "cifar100"
+        elif "cifar10" in text or "cifar" in text and int(d.get("num_classes") or 0) == 10:
+            ds = "cifar10"
+        else:
+            ds = None
+        name = str(res["model"].get("name", ""))
+        net = name if name in ("vgg16", "resnet20") else None
+        return ds, net
     data, model = cfg.get("data") or {}, cfg.get("model") or {}
     text = " ".join(str(x) for x in (data.get("name"), data.get("root"), cfg.get("experiment_name"))
                     if x).lower()
@@ -197,7 +226,7 @@ def paper_key(run: Run, requested: str | None = None) -> tuple[str | None, str]:
         if requested not in papers:
             raise ReportError(f"--paper {requested!r} unknown; valid: {', '.join(papers)}, none")
         return requested, f"{requested} (chosen with --paper)"
-    ds, net = _dataset_network(run.config)
+    ds, net = _dataset_network(run.config, run.results)
     if ds and net and f"{ds}_{net}" in papers:
         return f"{ds}_{net}", f"{ds}_{net} (from the run's data and model config)"
     what = f"{ds or 'unknown data'}/{net or 'unknown model'}"
@@ -221,9 +250,9 @@ def cell(ours: float | None, paper: float | None) -> str:
 
 def table_rows(run: Run, key: str | None, table: int) -> list[dict[str, Any]]:
     """Long-form cells of one paper table: method, T (None = ANN column), ours, paper."""
-    _, methods, ts = TABLES[table]
+    _, methods, ts, extra = TABLES[table]
     out = []
-    for m in methods:
+    for m in (*methods, *extra):
         cells = [(None, run.ann_top1(m) if m in METHOD_ORDER else None,
                   paper_value(key, table, m, None, "ann_top1"))] if table == 3 else []
         cells += [(T, run.top1(m, T), paper_value(key, table, m, T)) for T in ts]
@@ -234,17 +263,19 @@ def table_rows(run: Run, key: str | None, table: int) -> list[dict[str, Any]]:
 
 
 def table_markdown(run: Run, key: str | None, table: int) -> str:
-    title, methods, ts = TABLES[table]
+    title, methods, ts, extra = TABLES[table]
     rows = table_rows(run, key, table)
     ann_ours, ann_paper = run.ann_top1("phase1"), paper_value(key, table, "ann", None, "ann_top1")
-    head = f"### {title}\n\nCells: ours / paper (difference), top-1 %."
+    head = (f"### {title}\n\nCells: ours / paper (difference), top-1 % on the "
+            f"{run.test_subset()}. Rows marked (lowlat) are lowlat's own methods, shown beside "
+            "the paper's rows, not in their place.")
     if table in (1, 2):
         head += f" ANN: {cell(ann_ours, ann_paper)}."
     if key and not any(r["paper"] is not None for r in rows):
         head += f" The paper prints no Table {table} figures for {key}."
     cols = (["ANN"] if table == 3 else []) + [f"T={T}" for T in ts]
     lines = [head, "", "| Method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for m in methods:
+    for m in (*methods, *extra):
         cells = [r for r in rows if r["method"] == m]
         if cells:
             name = TABLE3_LABELS.get(m, label(m)) if table == 3 else label(m)
@@ -288,14 +319,16 @@ def calibration_markdown(run: Run) -> str:
 def report_markdown(run: Run, key: str | None, why: str = "",
                     figures: Sequence[Path] = ()) -> str:
     res = run.results
-    ds, net = _dataset_network(run.config)
+    ds, net = _dataset_network(run.config, run.results)
     pct = {k: f"{100 * res[k]:.2f}" for k in ("ann_top1", "qcann_top1", "ratenorm_ann_top1")
            if res.get(k) is not None}
     out = [f"# lowlat report: `{run.path}`", "",
            f"- data / model: {ds or run.config.get('data', {}).get('_target_', '?')} / "
            f"{net or run.config.get('model', {}).get('name', '?')}",
            f"- paper column: {why or key}",
-           "- accuracies (%): " + ", ".join(f"{k} {v}" for k, v in pct.items()), ""]
+           "- accuracies (%, test split): " + ", ".join(f"{k} {v}" for k, v in pct.items()),
+           f"- splits: tables report the {run.test_subset()}; best epochs, defaults, ablations "
+           "and sweeps were chosen on the validation split (val_top1)", ""]
     out += [table_markdown(run, key, t) for t in TABLES]
     out.append(all_results_markdown(run))
     if cal := calibration_markdown(run):
@@ -306,15 +339,27 @@ def report_markdown(run: Run, key: str | None, why: str = "",
 
 
 def all_results_markdown(run: Run) -> str:
-    """Every (method, T) we have, ours only: T values the paper's tables do not print too."""
+    """Every (method, T) we have, ours only, on both splits, plus the network-wide firing rate."""
     ts = run.timesteps()
-    lines = ["### All results (ours, top-1 %)", "", "| Method | " + " | ".join(
-        f"T={T}" for T in ts) + " |", "|---" * (len(ts) + 1) + "|"]
+    head = "| Method | " + " | ".join(f"T={T}" for T in ts) + " |"
+    rule = "|---" * (len(ts) + 1) + "|"
+    out = []
+    for split, title in (("test", f"top-1 % on the {run.test_subset()}"),
+                         ("val", "top-1 % on the validation split (what choices are made on)")):
+        lines = [f"### All results ({title})", "", head, rule]
+        for m in run.methods():
+            vals = [run.top1(m, T, split) for T in ts]
+            lines.append(f"| {label(m)} | " + " | ".join(
+                "—" if v is None else f"{v:.2f}" for v in vals) + " |")
+        out.append("\n".join(lines) + "\n")
+    lines = ["### Network-wide firing rate (spikes / neuron / step, test split; paper Sec. 4.4)",
+             "", head, rule]
     for m in run.methods():
-        vals = [run.top1(m, T) for T in ts]
+        vals = [(run.row(m, T) or {}).get("firing_rate_net") for T in ts]
         lines.append(f"| {label(m)} | " + " | ".join(
-            "—" if v is None else f"{v:.2f}" for v in vals) + " |")
-    return "\n".join(lines) + "\n"
+            "—" if v is None else f"{v:.4f}" for v in vals) + " |")
+    out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 def tables_csv(run: Run, key: str | None) -> str:
@@ -454,7 +499,7 @@ def sweep_rows(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
                 METHOD_ORDER.index(x["method"]) if x["method"] in METHOD_ORDER else 99, x["T"])):
             rows.append({"run": r.name or str(r.path), **{k: p.get(k, "") for k in keys},
                          "method": row["method"], "T": int(row["T"]),
-                         "top1": 100.0 * float(row["top1"])})
+                         "top1": 100.0 * float(row.get("val_top1", row["top1"]))})
     return keys, rows
 
 
@@ -468,7 +513,8 @@ def write_sweep(runs: Sequence[Run], out: Path) -> tuple[Path, Path]:
     w.writerows({**r, "top1": f"{r['top1']:.2f}"} for r in rows)
     (out / "sweep.csv").write_text(buf.getvalue())
     ts = sorted({r["T"] for r in rows})
-    lines = [f"# Sweep: {len(runs)} runs", "", "Top-1 % per method and T; columns before "
+    lines = [f"# Sweep: {len(runs)} runs", "", "VALIDATION top-1 % per method and T (sweeps choose "
+             "on validation; the test split is for the final table only); columns before "
              "`method` are the overrides that differ between runs.", "",
              "| " + " | ".join(["run", *keys, "method", *(f"T={T}" for T in ts)]) + " |",
              "|---" * (len(keys) + 2 + len(ts)) + "|"]
@@ -481,13 +527,6 @@ def write_sweep(runs: Sequence[Run], out: Path) -> tuple[Path, Path]:
                      + " |")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     return out / "sweep.md", out / "sweep.csv"
-
-
-def objective_value(run_dir: str | Path, method: str = "lmpc+lwc", T: int = 4) -> float | None:
-    """Top-1 in [0, 1] of one (method, T) row: the number a sweeper (Optuna, W&B) maximises."""
-    r = _read_json(Path(run_dir) / "results.json")
-    row = next((x for x in r.get("rows", []) if x["method"] == method and int(x["T"]) == T), None)
-    return None if row is None else float(row["top1"])
 
 
 # ---------------------------------------------------------------- CLI

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import hydra
 from omegaconf import DictConfig
 
-from lowlat.artifacts import ArtifactError, load_artifact
+from lowlat.artifacts import ANN, QCANN, RATENORM, ArtifactError, load_artifact
 from lowlat.stages.common import Context, log, validate
 
 STAGES = ("ann", "phase1", "phase2", "eval", "all")
@@ -28,7 +28,7 @@ def _stage_fns() -> dict[str, Callable[[Context], dict]]:
     return {"ann": run_ann, "phase1": run_phase1, "phase2": run_phase2, "eval": run_eval}
 
 
-def _up_to_date(ctx: Context, name: str, fn_name: str, *keys: str,
+def _up_to_date(ctx: Context, name: str, stage: str, *keys: str,
                 upstream: str = "") -> str | None:
     """Fingerprint of ``name`` if it exists and matches the current config, else None."""
     try:
@@ -37,29 +37,33 @@ def _up_to_date(ctx: Context, name: str, fn_name: str, *keys: str,
         return None
     fp = ctx.fp(*keys, upstream=upstream)
     if art.get("fingerprint") == fp and not ctx.cfg.force:
-        log.info("stage %s: %s is up to date, skipped (force=true reruns it)", fn_name, name)
+        log.info("stage %s: %s is up to date, skipped (force=true reruns it)", stage, name)
         return fp
     return None
 
 
 def run_all(ctx: Context) -> dict:
-    from lowlat.stages.train import phase1_artifact_name
+    """Every stage in order, each skipped when its outputs match the config."""
+    from lowlat.methods import get_method
+    from lowlat.stages.evaluate import up_to_date
 
     fns = _stage_fns()
     out: dict = {}
-    fp = _up_to_date(ctx, "ann.pt", "ann", "data", "model", "ann", "seed")
+    fp = _up_to_date(ctx, ANN, "ann", "data", "model", "ann", "seed")
     if fp is None:
         out["ann"] = fns["ann"](ctx)
-        fp = load_artifact(ctx.run_dir / "ann.pt")["fingerprint"]
-    activations = ["qc"] + (["ratenorm"] if "ratenorm" in ctx.cfg.eval.methods else [])
-    for act in activations:
-        ctx.cfg.phase1.activation = act
-        name = phase1_artifact_name(act)
-        if _up_to_date(ctx, name, "phase1", "phase1", upstream=fp) is None:
-            out[f"phase1_{act}"] = fns["phase1"](ctx)
-    ctx.cfg.phase1.activation = "qc"
-    out["phase2"] = fns["phase2"](ctx)
-    out["eval"] = fns["eval"](ctx)
+        fp = load_artifact(ctx.run_dir / ANN)["fingerprint"]
+    sources = {get_method(m).source for m in ctx.cfg.eval.methods}
+    for act in ["qc"] + (["ratenorm"] if "ratenorm" in sources else []):
+        sub = ctx.with_overrides({"phase1.activation": act})
+        if _up_to_date(sub, QCANN if act == "qc" else RATENORM, "phase1", "phase1",
+                       upstream=fp) is None:
+            out[f"phase1_{act}"] = fns["phase1"](sub)
+    out["phase2"] = fns["phase2"](ctx)  # skips every (T, method) already calibrated
+    if up_to_date(ctx) and not ctx.cfg.force:
+        log.info("stage eval: results.json is up to date, skipped (force=true reruns it)")
+    else:
+        out["eval"] = fns["eval"](ctx)
     return out
 
 
@@ -78,10 +82,10 @@ def main(cfg: DictConfig) -> float | None:
         logging.getLogger("lowlat").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    from lowlat.report import objective_value
+    from lowlat.results import objective_value
 
     obj = cfg.get("objective") or {}
-    return objective_value(ctx.run_dir, str(obj.get("method", "lmpc+lwc")), int(obj.get("T", 4)))
+    return objective_value(ctx.run_dir, str(obj.get("method", "lowlat")), int(obj.get("T", 4)))
 
 
 if __name__ == "__main__":

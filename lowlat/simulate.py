@@ -69,6 +69,13 @@ class SimStats:
         return {T: {k: v / (self.neurons[k] * self.n * T) for k, v in s.items()}
                 for T, s in self.spikes.items()}
 
+    def network_firing_rate(self) -> dict[int, float]:
+        """Spikes per neuron per time step over the whole network (the paper's Sec. 4.4 figure:
+        every spike of every layer over every neuron, not the mean of the layers' rates)."""
+        total = sum(self.neurons.values())
+        return {T: sum(s.values()) / (total * self.n * T) for T, s in self.spikes.items()
+                if total and self.n}
+
     def rmpe_share(self) -> dict[int, dict[str, float]]:
         """Share of neurons whose residual potential v(T) lies outside [0, θ) (paper Figs. 4-5)."""
         return {T: {k: v / (self.neurons[k] * self.n) for k, v in s.items()}

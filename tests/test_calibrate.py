@@ -32,28 +32,35 @@ def _net(seed: int = 0) -> nn.Module:
 
 
 @pytest.mark.parametrize("formula", ["signed", "abs"])
-@pytest.mark.parametrize("base", ["zero", "half"])
-def test_lmpc_moves_v0_as_eq13(formula, base):
+@pytest.mark.parametrize("start", [0.0, 0.5])
+def test_lmpc_moves_v0_as_eq13(formula, start):
     ann, xs, T = _net(), torch.rand(200, 6) * 2, 4
     snn = to_snn(ann)
     # the second layer sees a non-uniform spike train from the first (bursts, then silence)
-    snn.get_submodule("3").v0 = torch.tensor(0.5 if base == "half" else 0.0)
+    theta = snn.get_submodule("3").theta
+    snn.get_submodule("3").v0 = theta * start  # the start: Phase I (0) or OptI (θ/2)
     phi = snn_rate(snn, "3", xs, T)
     h = ann_activation(ann, "3", xs)
     err = h - phi if formula == "signed" else (h - phi).abs()
-    theta = snn.get_submodule("3").theta
-    expected = theta * (0.5 if base == "half" else 0.0) + T * err.mean(0)  # eq. 13, per neuron
-    snn.get_submodule("3").v0 = torch.tensor(123.0)  # must be replaced, not accumulated
-    v0 = lmpc_layer(snn, ann, "3", xs, T, batch=64, formula=formula, granularity="neuron",
-                    base=base)
+    expected = theta * start + T * err.mean(0)  # eq. 13, per neuron, added to the start
+    v0 = lmpc_layer(snn, ann, "3", xs, T, batch=64, formula=formula, granularity="neuron")
     assert torch.allclose(v0, expected, atol=1e-5)
+    assert torch.equal(snn.get_submodule("3").v0, v0)
+
+
+def test_lmpc_refuses_unknown_settings():
+    ann, xs = _net(), torch.rand(8, 6)
+    with pytest.raises(ValueError, match="formula"):
+        lmpc_layer(to_snn(ann), ann, "3", xs, 2, 8, formula="absolute")
+    with pytest.raises(ValueError, match="granularity"):
+        lmpc_layer(to_snn(ann), ann, "3", xs, 2, 8, granularity="layer")
 
 
 def test_lmpc_reduces_layer_error():
     ann, xs, T = _net(), torch.rand(400, 6) * 2, 4
     snn = to_snn(ann)
     before = layer_mse(snn, ann, "3", xs, T, 128)
-    lmpc_layer(snn, ann, "3", xs, T, 128, granularity="neuron", base="zero")
+    lmpc_layer(snn, ann, "3", xs, T, 128, granularity="neuron")
     after = layer_mse(snn, ann, "3", xs, T, 128)
     assert after < 0.8 * before
 
@@ -67,15 +74,24 @@ def test_lwc_reduces_mse_and_only_touches_its_layer():
     assert torch.equal(snn.get_submodule("0").weight, w0)  # earlier layer untouched
 
 
-def test_lwc_discards_an_update_that_hurts():
-    ann, xs, T = _net(2), torch.rand(128, 6) * 2, 4
+@pytest.mark.parametrize("accept", ["mse", "always"])
+def test_lwc_accept_rule(accept):
+    """An update that certainly hurts (a weight decay that flips and grows the weights) is
+    discarded under accept='mse' and kept under the paper's accept='always'."""
+    ann, xs, T = _net(2), torch.rand(128, 6) * 2, 8
     snn = to_snn(ann)
-    w = snn.get_submodule("2").weight.clone()
-    rep = lwc_layer(snn, ann, "3", xs, T, iterations=5, batch_size=64, lr=50.0,
-                    optimizer="sgd")
-    if not rep.kept:  # a huge step made it worse: the old weights are back
-        assert torch.equal(snn.get_submodule("2").weight, w)
-    assert layer_mse(snn, ann, "3", xs, T, 64) <= rep.mse_before + 1e-12
+    w = snn.get_submodule("0").weight.clone()
+    before = layer_mse(snn, ann, "1", xs, T, 64)
+    rep = lwc_layer(snn, ann, "1", xs, T, iterations=3, batch_size=64, lr=0.5, optimizer="sgd",
+                    weight_decay=5.0, accept=accept)
+    assert rep.mse_after > rep.mse_before == pytest.approx(before)
+    now = layer_mse(snn, ann, "1", xs, T, 64)
+    if accept == "mse":
+        assert not rep.kept and torch.equal(snn.get_submodule("0").weight, w)
+        assert now == pytest.approx(before)
+    else:
+        assert rep.kept and not torch.equal(snn.get_submodule("0").weight, w)
+        assert now == pytest.approx(rep.mse_after)
 
 
 def test_bptt_reaches_the_first_step():

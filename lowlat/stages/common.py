@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,23 +18,27 @@ from lowlat.models import model_entrypoint
 
 log = logging.getLogger("lowlat")
 
-METHODS = ("phase1", "opti", "opt", "unbiased", "maxnorm", "robustnorm", "ratenorm", "lmpc", "lwc",
-           "lmpc+lwc")
-CALIBRATED = ("lmpc", "lwc", "lmpc+lwc")
-
-
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what is valid."""
 
 
+def _one_of(key: str, val, ok: tuple) -> None:
+    if val not in ok:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, ok))}, got {val!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the settings every stage relies on before anything is computed or written."""
+    from lowlat.methods import CALIBRATED, METHODS, STARTS
+
     model_entrypoint(cfg.model.name)  # raises with the list of registered models
+    vf = OmegaConf.select(cfg, "data.val_fraction")
+    if vf is not None and not 0 < float(vf) < 1:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {vf}: model selection and "
+                          "every tuned default need a validation split that is not the test split")
     if int(cfg.phase1.levels) < 1:
         raise ConfigError(f"phase1.levels (L) must be >= 1, got {cfg.phase1.levels}")
-    if cfg.phase1.activation not in ("qc", "ratenorm"):
-        raise ConfigError(
-            f"phase1.activation must be qc or ratenorm, got {cfg.phase1.activation!r}")
+    _one_of("phase1.activation", cfg.phase1.activation, ("qc", "ratenorm"))
     il = cfg.phase1.init_lambda
     if not (il in ("percentile", "max") or (isinstance(il, int | float) and il > 0)):
         raise ConfigError(f"phase1.init_lambda must be percentile, max or a number > 0, got {il!r}")
@@ -46,18 +51,25 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"eval.methods: unknown method {m!r}; valid: {', '.join(METHODS)}")
     for m in cfg.phase2.methods:
         if m not in CALIBRATED:
-            raise ConfigError(f"phase2.methods: unknown {m!r}; valid: {', '.join(CALIBRATED)}")
+            raise ConfigError(f"phase2.methods: {m!r} is not a calibrated method; valid: "
+                              f"{', '.join(CALIBRATED)}")
+    missing = [m for m in cfg.eval.methods if m in CALIBRATED and m not in cfg.phase2.methods]
+    if missing:
+        raise ConfigError(f"eval.methods has {', '.join(missing)}, which phase2.methods "
+                          f"({', '.join(cfg.phase2.methods)}) does not calibrate: add them to "
+                          "phase2.methods or remove them from eval.methods")
     if int(cfg.phase2.calib_samples) < 1:
         raise ConfigError(f"phase2.calib_samples must be >= 1, got {cfg.phase2.calib_samples}")
-    lm = cfg.phase2.lmpc
-    for key, val, ok in (("formula", lm.formula, ("signed", "abs")),
-                         ("granularity", lm.granularity, ("channel", "neuron")),
-                         ("base", lm.base, ("zero", "half", "unbiased"))):
-        if val not in ok:
-            raise ConfigError(f"phase2.lmpc.{key} must be one of {ok}, got {val!r}")
-    if cfg.phase2.lwc.optimizer not in ("adam", "sgd"):
-        raise ConfigError(
-            f"phase2.lwc.optimizer must be adam or sgd, got {cfg.phase2.lwc.optimizer!r}")
+    lw = cfg.phase2.lowlat
+    _one_of("phase2.lowlat.start", lw.start, tuple(STARTS))
+    _one_of("phase2.lowlat.formula", lw.formula, ("signed", "abs"))
+    _one_of("phase2.lowlat.granularity", lw.granularity, ("channel", "neuron"))
+    _one_of("phase2.lowlat.optimizer", lw.optimizer, ("adam", "sgd"))
+    _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always"))
+    if not float(cfg.phase2.lwc.lr) > 0:
+        raise ConfigError(f"phase2.lwc.lr must be > 0, got {cfg.phase2.lwc.lr}")
+    if int(cfg.eval.stat_images) < 1:
+        raise ConfigError(f"eval.stat_images must be >= 1, got {cfg.eval.stat_images}")
 
 
 @dataclass
@@ -72,6 +84,13 @@ class Context:
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(cfg=cfg, run_dir=Path(cfg.paths.run_dir), device=torch.device(dev))
+
+    def with_overrides(self, values: dict[str, Any]) -> Context:
+        """A copy of this context whose config has ``values`` set (the original is untouched)."""
+        cfg = self.cfg.copy()
+        for k, v in values.items():
+            OmegaConf.update(cfg, k, v, merge=False)
+        return Context(cfg=cfg, run_dir=self.run_dir, device=self.device)
 
     def datamodule(self) -> L.LightningDataModule:
         dm = hydra.utils.instantiate(self.cfg.data)
@@ -119,6 +138,11 @@ def finish_loggers(loggers: list) -> None:
 def log_metrics(loggers: list, metrics: dict[str, float], step: int | None = None) -> None:
     for lg in loggers:
         lg.log_metrics(metrics, step=step)
+
+
+def limited(loader, limit_batches: int | None):
+    """The first ``limit_batches`` batches of ``loader`` (all of it for None/0), as a list."""
+    return list(itertools.islice(loader, int(limit_batches))) if limit_batches else loader
 
 
 def transform_eval(dm):

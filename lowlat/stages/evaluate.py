@@ -1,104 +1,160 @@
-"""Stage ``eval``: accuracy at every T, firing rates, RMPE shares and energy for each method."""
+"""Stage ``eval``: the final table. The only stage that reads the test split, and the only
+writer of ``results.*``.
+
+For every method of ``eval.methods`` (see :mod:`lowlat.methods`) and every T: top-1 on the
+validation split (``val_top1``) and on the test split (``top1``), with firing rates (per layer and
+network-wide), RMPE shares and the eq. 18 energy ratio measured on the test split. Calibrated
+methods are read from ``snn_T<T>_<method>.pt`` at ``phase2.timesteps``. Every input is checked
+before any work, and the results files are rewritten from scratch (rows of methods evaluated so
+far while running, ``complete: true`` at the end), so no stale row survives.
+"""
 
 from __future__ import annotations
 
-import itertools
 import time
+from typing import Any
 
-from lowlat.artifacts import ArtifactError, load_artifact, load_network, read_json
-from lowlat.convert import activation_stats
-from lowlat.lit import evaluate
-from lowlat.methods import (
-    convert_qcann,
-    convert_relu_ann,
-    load_snn,
-    to_snn,
+from omegaconf import OmegaConf
+
+from lowlat.artifacts import (
+    ANN,
+    QCANN,
+    SOURCE_FILE,
+    ArtifactError,
+    load_artifact,
+    load_network,
+    snn_name,
 )
-from lowlat.results import rows_from_stats, update_results
+from lowlat.convert import activation_stats, to_snn
+from lowlat.lit import evaluate
+from lowlat.methods import convert as convert_method
+from lowlat.methods import get_method, load_snn
+from lowlat.results import rows_from_stats, write_results
 from lowlat.simulate import evaluate_snn, layer_macs
 from lowlat.stages.common import (
-    CALIBRATED,
     Context,
     calibration_images,
     finish_loggers,
+    limited,
     log,
     log_metrics,
     transform_eval,
 )
 
 
-def snn_artifact_name(T: int, method: str) -> str:
-    """``snn_T<T>.pt`` holds the full method (lmpc+lwc); the ablations get a suffix."""
-    return f"snn_T{T}.pt" if method == "lmpc+lwc" else f"snn_T{T}_{method}.pt"
+def _inputs(ctx: Context) -> tuple[dict[str, dict], dict[tuple[int, str], dict]]:
+    """Load every artifact the configured methods need, or refuse before any work."""
+    e, run = ctx.cfg.eval, ctx.run_dir
+    methods = [get_method(m) for m in e.methods]
+    arts = {"qcann": load_artifact(run / QCANN, "qcann")}
+    for src in sorted({m.source for m in methods} - {"qcann"}):
+        arts[src] = load_artifact(run / SOURCE_FILE[src], src)
+    if (run / ANN).is_file() and "ann" not in arts:
+        arts["ann"] = load_artifact(run / ANN, "ann")
+    qc_fp = arts["qcann"]["fingerprint"]
+    snns = {}
+    for m in (m for m in methods if m.calibrated):
+        for T in sorted(int(t) for t in ctx.cfg.phase2.timesteps):
+            art = load_artifact(run / snn_name(T, m.name), "snn")
+            if art.get("upstream") != qc_fp:
+                raise ArtifactError(
+                    f"{run / snn_name(T, m.name)} was calibrated from another {QCANN} (stale); "
+                    f"rerun stage=phase2 'phase2.timesteps=[{T}]' 'phase2.methods=[{m.name}]'")
+            snns[(T, m.name)] = art
+    return arts, snns
+
+
+def eval_fingerprint(ctx: Context, arts: dict[str, dict], snns: dict) -> str:
+    """What the results depend on: the eval settings and every input artifact."""
+    ups = sorted(a["fingerprint"] for a in [*arts.values(), *snns.values()])
+    return ctx.fp("eval", "phase2.timesteps", "data", upstream=",".join(ups))
+
+
+def up_to_date(ctx: Context) -> bool:
+    """True if results.json is complete and was made from the current inputs and settings."""
+    from lowlat.artifacts import read_json
+
+    try:
+        arts, snns = _inputs(ctx)
+    except ArtifactError:
+        return False
+    res = read_json(ctx.run_dir / "results.json", default={}) or {}
+    return bool(res.get("complete")) and res.get("fingerprint") == eval_fingerprint(ctx, arts,
+                                                                                      snns)
+
+
+def _describe(ctx: Context, arts: dict[str, dict]) -> dict[str, Any]:
+    cfg = ctx.cfg
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {"experiment": str(cfg.experiment_name),
+            "dataset": {k: data.get(k) for k in ("_target_", "name", "root", "num_classes")
+                        if k in data},
+            "model": arts["qcann"]["arch"], "qc": arts["qcann"]["act"],
+            "splits": {"chosen_on": "validation (val_top1; best epochs, defaults, sweeps)",
+                       "reported": "test (top1)"}}
 
 
 def run_eval(ctx: Context) -> dict:
-    _cfg, e = ctx.cfg, ctx.cfg.eval
+    e = ctx.cfg.eval
+    arts, snns = _inputs(ctx)
     dm = ctx.datamodule()
     tf = transform_eval(dm)
     timesteps = sorted(int(t) for t in e.timesteps)
-    test = list(itertools.islice(dm.test_dataloader(), e.limit_batches)) \
-        if e.limit_batches else dm.test_dataloader()
-    qc_art = load_artifact(ctx.run_dir / "qcann.pt", "qcann")
-    qcann = load_network(qc_art)
-    ann_art = ann = stats = None
-    summary = {"qcann_top1": qc_art["metrics"]["test_top1"],
-               "ann_top1": qc_art["metrics"].get("ann_test_top1")}
-    sample = next(iter(dm.test_dataloader()))[0][:1]
-    ann_macs = sum(layer_macs(to_snn(qcann), tf(sample)).values())
-    summary["ann_macs"] = ann_macs
-    previous = read_json(ctx.run_dir / "results.json", default={"rows": []})
-    done = {(r["method"], int(r["T"])): r.get("source_fp") for r in previous["rows"]}
-    rows = []
-    for method in e.methods:
-        t0 = time.time()
-        kw = dict(transform=tf, max_chunk=int(e.max_chunk), device=ctx.device,
-                  stats=bool(e.stats), desc=method)
-        if method in ("phase1", "opti", "unbiased"):
-            st = evaluate_snn(convert_qcann(qcann, method), test, timesteps, **kw)
-            rows += rows_from_stats(method, st, ann_macs)
-        elif method in ("maxnorm", "robustnorm"):
-            if ann is None:
-                ann_art = load_artifact(ctx.run_dir / "ann.pt", "ann")
-                ann = load_network(ann_art)
-                n = min(int(e.stat_batches) * dm.batch_size, dm.train_size)
+    val = list(limited(dm.val_dataloader(), e.limit_batches))
+    test = list(limited(dm.test_dataloader(), e.limit_batches))
+    summary = _describe(ctx, arts)
+    summary["fingerprint"] = eval_fingerprint(ctx, arts, snns)
+    summary["val_images"] = sum(len(y) for _, y in val)
+    summary["test_images"] = sum(len(y) for _, y in test)
+    summary["test_images_total"] = dm.test_size if hasattr(dm, "test_size") else None
+    nets = {src: load_network(a) for src, a in arts.items()}
+    for src, net in nets.items():  # the ANNs the rows start from, on both splits
+        key = {"ann": "ann", "qcann": "qcann", "ratenorm": "ratenorm_ann"}[src]
+        summary[f"{key}_val_top1"] = evaluate(net, val, tf)
+        summary[f"{key}_top1"] = evaluate(net, test, tf)
+    sample = val[0][0][:1]
+    summary["ann_macs"] = ann_macs = sum(layer_macs(to_snn(nets["qcann"]), tf(sample)).values())
+    stats = None
+    rows: list[dict] = []
+    kw = dict(transform=tf, max_chunk=int(e.max_chunk), device=ctx.device)
+    for name in e.methods:
+        m, t0 = get_method(name), time.time()
+        extra = {"label": m.label, "paper": m.paper}
+        if m.calibrated:
+            for T in sorted(int(t) for t in ctx.cfg.phase2.timesteps):
+                art = snns[(T, name)]
+                snn = load_snn(art)
+                v = art["metrics"].get("val_top1")
+                if art["metrics"].get("val_images") != summary["val_images"]:
+                    v = evaluate_snn(snn, val, [T], stats=False, desc=f"{name} val",
+                                     **kw).accuracy()[T]
+                st = evaluate_snn(snn, test, [T], stats=bool(e.stats), desc=name, **kw)
+                rows += rows_from_stats(name, st, ann_macs, val_top1=v, **extra)
+        else:
+            if m.stats and stats is None:
+                n = min(int(e.stat_images), dm.train_size)
                 xs = [x for x, _ in calibration_images(dm, n, dm.batch_size, "cpu")]
-                stats = activation_stats(ann, xs, percentile=float(e.robust_percentile))
-                summary["ann_top1"] = ann_art["metrics"]["test_top1"]
-            st = evaluate_snn(convert_relu_ann(ann, stats, method), test, timesteps, **kw)
-            rows += rows_from_stats(method, st, ann_macs)
-        elif method == "ratenorm":
-            rn_art = load_artifact(ctx.run_dir / "ratenorm.pt", "ratenorm")
-            summary["ratenorm_ann_top1"] = rn_art["metrics"]["test_top1"]
-            st = evaluate_snn(to_snn(load_network(rn_art)), test, timesteps, **kw)
-            rows += rows_from_stats(method, st, ann_macs)
-        elif method == "opt":
-            for T in timesteps:  # the shift depends on T: one run per T
-                st = evaluate_snn(convert_qcann(qcann, "opt", T), test, [T], **kw)
-                rows += rows_from_stats(method, st, ann_macs)
-        elif method in CALIBRATED:
-            found = False
-            for T in timesteps:
-                try:
-                    art = load_artifact(ctx.run_dir / snn_artifact_name(T, method), "snn")
-                except ArtifactError:
-                    continue
-                found = True
-                source = f"{art['fingerprint']}:{e.limit_batches}"
-                if done.get((method, T)) == source:
-                    continue  # phase2 already evaluated this very artifact on this test set
-                st = evaluate_snn(load_snn(art), test, [T], **kw)
-                rows += rows_from_stats(method, st, ann_macs, source_fp=source)
-            if not found:
-                log.warning("eval: no %s artifacts in %s (run stage=phase2)", method, ctx.run_dir)
-        update_results(ctx.run_dir, [r for r in rows if r["method"] == method], **summary)
-        log.info("eval %s: %s (%.1fs)", method, ", ".join(
-            f"T={r['T']}:{r['top1']:.4f}" for r in rows if r["method"] == method),
-            time.time() - t0)
-    summary["qcann_top1_recomputed"] = evaluate(qcann, test, tf)
+                stats = activation_stats(nets["ann"], xs, percentile=float(e.robust_percentile))
+                summary["stat_images"] = n
+            plan = [[T] for T in timesteps] if m.per_T else [timesteps]
+            for ts in plan:
+                snn = convert_method(name, nets[m.source], T=ts[0], stats=stats)
+                v = evaluate_snn(snn, val, ts, stats=False, desc=f"{name} val", **kw).accuracy()
+                st = evaluate_snn(snn, test, ts, stats=bool(e.stats), desc=name, **kw)
+                rows += [{**r, "val_top1": v[r["T"]]}
+                         for r in rows_from_stats(name, st, ann_macs, **extra)]
+        for r in rows:
+            if r["method"] == name and r.get("silent_layers"):
+                log.warning("eval %s T=%d: layers without a single spike on the test split: %s",
+                            name, r["T"], ", ".join(r["silent_layers"]))
+        write_results(ctx.run_dir, rows, summary, complete=False)  # a kill keeps finished rows
+        log.info("eval %s: %s (%.1fs)", name, ", ".join(
+            f"T={r['T']}: val {r['val_top1']:.4f} test {r['top1']:.4f}"
+            for r in rows if r["method"] == name), time.time() - t0)
     loggers = ctx.loggers()
-    log_metrics(loggers, {f"eval/{r['method']}/T{r['T']}/top1": r["top1"] for r in rows})
+    log_metrics(loggers, {f"eval/{r['method']}/T{r['T']}/{k}": r[k] for r in rows
+                          for k in ("top1", "val_top1")})
     finish_loggers(loggers)
-    data = update_results(ctx.run_dir, rows, **summary)
+    data = write_results(ctx.run_dir, rows, summary, complete=True)
     log.info("results: %s", ctx.run_dir / "results.csv")
     return data

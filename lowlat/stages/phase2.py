@@ -1,4 +1,9 @@
-"""Stage ``phase2``: convert the QC-ANN and calibrate it (LMPC, LWC, both) for each T."""
+"""Stage ``phase2``: qcann.pt -> snn_T<T>_<method>.pt for every T and calibrated method.
+
+Each artifact records its calibration report and its top-1 on the validation split (what sweeps
+and ablations choose on); the test split is read only by stage ``eval``. A (T, method) whose
+artifact already matches the config and the QC-ANN is skipped, so a killed run resumes there.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,68 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from lowlat.artifacts import load_artifact, load_network, save_artifact
+from lowlat.artifacts import (
+    QCANN,
+    ArtifactError,
+    load_artifact,
+    load_network,
+    save_artifact,
+    snn_name,
+)
 from lowlat.calibrate import CalibConfig, calibrate
-from lowlat.methods import convert_qcann
+from lowlat.methods import STARTS, get_method, recipe
 from lowlat.neurons import reset_states
-from lowlat.results import read_json, rows_from_stats, update_results
-from lowlat.simulate import evaluate_snn, layer_macs
-from lowlat.stages.common import Context, calibration_images, finish_loggers, log, log_metrics
-from lowlat.stages.evaluate import snn_artifact_name, transform_eval
+from lowlat.simulate import evaluate_snn
+from lowlat.stages.common import (
+    Context,
+    calibration_images,
+    finish_loggers,
+    limited,
+    log,
+    log_metrics,
+    transform_eval,
+)
 
-FLAGS = {"lmpc": (True, False), "lwc": (False, True), "lmpc+lwc": (True, True)}
+
+def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
+    """The CalibConfig of one (method, T): the method's recipe plus the config's LWC budget."""
+    p = ctx.cfg.phase2
+    r = recipe(method, OmegaConf.to_container(p.lowlat, resolve=True))
+    return CalibConfig(
+        T=T, lmpc=r.lmpc, lwc=r.lwc, formula=r.formula, granularity=r.granularity,
+        iterations=int(p.lwc.iterations), batch_size=int(p.lwc.batch_size), lr=float(p.lwc.lr),
+        optimizer=r.optimizer, momentum=float(p.lwc.momentum),
+        weight_decay=float(p.lwc.weight_decay), gamma=float(p.lwc.gamma), accept=r.accept,
+        eval_batch=int(p.calib_batch), max_chunk=int(ctx.cfg.eval.max_chunk),
+        seed=int(ctx.cfg.seed))
+
+
+def artifact_fp(ctx: Context, method: str, T: int, qc_fp: str) -> str:
+    """What a calibrated artifact depends on: its recipe, budget, data size and the QC-ANN."""
+    from dataclasses import asdict
+
+    return ctx.fp("phase2.calib_samples", "seed", "data.val_fraction",
+                  upstream=f"{qc_fp}:{method}:{asdict(calib_config(ctx, method, T))}")
 
 
 def run_phase2(ctx: Context) -> dict:
     cfg, p = ctx.cfg, ctx.cfg.phase2
-    qc_art = load_artifact(ctx.run_dir / "qcann.pt", "qcann")
+    qc_art = load_artifact(ctx.run_dir / QCANN, "qcann")
+    todo = []
+    for T in sorted(int(t) for t in p.timesteps):
+        for method in p.methods:
+            fp = artifact_fp(ctx, method, T, qc_art["fingerprint"])
+            try:
+                done = load_artifact(ctx.run_dir / snn_name(T, method), "snn")
+            except ArtifactError:
+                done = None
+            if done is not None and done.get("fingerprint") == fp and not cfg.force:
+                log.info("phase2 %s T=%d: %s is up to date, skipped", method, T,
+                         snn_name(T, method))
+                continue
+            todo.append((T, method, fp))
+    if not todo:
+        return {}
     dm = ctx.datamodule()
     if int(p.calib_samples) > dm.train_size:
         raise ValueError(f"phase2.calib_samples={p.calib_samples} exceeds the training set "
@@ -29,62 +81,42 @@ def run_phase2(ctx: Context) -> dict:
     qcann = load_network(qc_art).to(ctx.device)
     xs = torch.cat([x for x, _ in calibration_images(
         dm, int(p.calib_samples), int(p.calib_batch), ctx.device)])  # [N, C, H, W]
-    if xs.shape[0] == 0:
-        raise ValueError("phase2: the calibration set is empty")
     tf = transform_eval(dm)
-    test = dm.test_dataloader()
-    if cfg.eval.limit_batches:
-        import itertools
-        test = list(itertools.islice(test, cfg.eval.limit_batches))
-    sample = next(iter(dm.test_dataloader()))[0][:1]
-    ann_macs = sum(layer_macs(convert_qcann(qcann.cpu(), "phase1"), tf(sample)).values())
-    qcann = qcann.to(ctx.device)
+    val = limited(dm.val_dataloader(), cfg.eval.limit_batches)
     loggers = ctx.loggers()
     step = 0
-    rows, summary = [], {}
-    for T in sorted(int(t) for t in p.timesteps):
-        for method in p.methods:
-            do_lmpc, do_lwc = FLAGS[method]
-            cc = CalibConfig(
-                T=T, lmpc=do_lmpc, lwc=do_lwc, formula=p.lmpc.formula,
-                granularity=p.lmpc.granularity, base=p.lmpc.base,
-                iterations=int(p.lwc.iterations), batch_size=int(p.lwc.batch_size),
-                lr=float(p.lwc.lr), optimizer=p.lwc.optimizer,
-                weight_decay=float(p.lwc.weight_decay),
-                gamma=float(p.lwc.gamma), eval_batch=int(p.calib_batch),
-                max_chunk=int(cfg.eval.max_chunk), seed=int(cfg.seed))
-            torch.manual_seed(int(cfg.seed))
-            start = "unbiased" if p.lmpc.base == "unbiased" else "phase1"
-            snn = convert_qcann(qcann, start).to(ctx.device)
+    out = {}
+    for T, method, fp in todo:
+        cc = calib_config(ctx, method, T)
+        torch.manual_seed(int(cfg.seed))
+        start = recipe(method, OmegaConf.to_container(p.lowlat, resolve=True)).start
+        snn = STARTS[start](qcann).to(ctx.device)
 
-            def log_layer(rep: dict, T=T, method=method) -> None:
-                nonlocal step
-                log.info("T=%d %s %s: MSE %s", T, method, rep["layer"], {
-                    k: round(v, 6) for k, v in rep.items() if k.startswith("mse")})
-                log_metrics(loggers, {f"phase2/{method}/T{T}/{k}": float(v)
-                                      for k, v in rep.items() if k.startswith("mse")}, step)
-                step += 1
+        def log_layer(rep: dict, T=T, method=method) -> None:
+            nonlocal step
+            log.info("T=%d %s %s: MSE %s", T, method, rep["layer"], {
+                k: round(v, 6) for k, v in rep.items() if k.startswith("mse")})
+            log_metrics(loggers, {f"phase2/{method}/T{T}/{k}": float(v)
+                                  for k, v in rep.items() if k.startswith("mse")}, step)
+            step += 1
 
-            t0 = time.time()
-            reports = calibrate(snn, qcann, xs, cc, log=log_layer)
-            seconds = time.time() - t0
-            reset_states(snn)
-            fp = ctx.fp("phase2", "eval.max_chunk", upstream=qc_art["fingerprint"])
-            st = evaluate_snn(snn, test, [T], transform=tf, max_chunk=int(cfg.eval.max_chunk),
-                              device=ctx.device, stats=bool(cfg.eval.stats), desc=f"{method} T={T}")
-            new = rows_from_stats(method, st, ann_macs,
-                                  source_fp=f"{fp}:{cfg.eval.limit_batches}")
-            rows += new
-            update_results(ctx.run_dir, new)  # now, so a kill later loses no finished row
-            metrics = {"top1": new[0]["top1"], "calib_seconds": seconds, "layers": reports}
-            save_artifact(ctx.run_dir / snn_artifact_name(T, method), "snn", snn.cpu(),
-                          qc_art["arch"], qc_art["act"], metrics, ctx.config_dict(), fp,
-                          T=T, method=method, calib=OmegaConf.to_container(p, resolve=True))
-            log_metrics(loggers, {f"phase2/{method}/T{T}/top1": new[0]["top1"]}, step)
-            log.info("phase2 %s T=%d: test top-1 %.4f (calibration %.1fs)", method, T,
-                     new[0]["top1"], seconds)
+        t0 = time.time()
+        reports = calibrate(snn, qcann, xs, cc, log=log_layer)
+        seconds = time.time() - t0
+        reset_states(snn)
+        st = evaluate_snn(snn, val, [T], transform=tf, max_chunk=int(cfg.eval.max_chunk),
+                          device=ctx.device, stats=False, desc=f"{method} T={T} (val)")
+        val_top1 = st.accuracy()[T]
+        metrics = {"val_top1": val_top1, "val_images": st.n, "calib_seconds": seconds,
+                   "layers": reports}
+        save_artifact(ctx.run_dir / snn_name(T, method), "snn", snn.cpu(), qc_art["arch"],
+                      qc_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
+                      label=get_method(method).label, upstream=qc_art["fingerprint"],
+                      recipe=cc.__dict__)
+        log_metrics(loggers, {f"phase2/{method}/T{T}/val_top1": val_top1,
+                              f"phase2/{method}/T{T}/calib_seconds": seconds}, step)
+        log.info("phase2 %s T=%d: validation top-1 %.4f (calibration %.1fs)", method, T,
+                 val_top1, seconds)
+        out[f"{method}/T{T}"] = val_top1
     finish_loggers(loggers)
-    prev = read_json(ctx.run_dir / "results.json", default={})
-    summary["qcann_top1"] = qc_art["metrics"]["test_top1"]
-    summary["ann_top1"] = prev.get("ann_top1") or qc_art["metrics"].get("ann_test_top1")
-    return update_results(ctx.run_dir, rows, **summary)
+    return out

@@ -10,17 +10,22 @@ import lightning as L
 from torch import nn
 
 from lowlat.activations import QCActivation, RateNorm
-from lowlat.artifacts import load_artifact, load_network, save_artifact
+from lowlat.artifacts import ANN, QCANN, RATENORM, load_artifact, load_network, save_artifact
 from lowlat.convert import _set_module, activation_stats
-from lowlat.lit import BestWeights, Classifier, evaluate
+from lowlat.lit import BestWeights, Classifier, evaluate, first_nonfinite
 from lowlat.models import create_model
 from lowlat.stages.common import Context, calibration_images, finish_loggers, log, transform_eval
 
 
-def _fit(ctx: Context, model: nn.Module, dm, epochs: int, **opt) -> tuple[nn.Module, dict]:
-    """Train with Lightning, keep the best-validation weights, return them with test accuracy."""
+def _fit(ctx: Context, model: nn.Module, dm, epochs: int, stage: str,
+         **opt) -> tuple[nn.Module, dict]:
+    """Train with Lightning and keep the weights of the best validation epoch.
+
+    Only the validation split is read here: the test split belongs to stage ``eval``.
+    """
     L.seed_everything(int(ctx.cfg.seed), workers=True)
     lit = Classifier(model, dm.num_classes, epochs=epochs, **opt)
+    lit.set_train_mode()
     best = BestWeights("val/top1")
     loggers = ctx.loggers()
     trainer = hydra.utils.instantiate(
@@ -31,12 +36,14 @@ def _fit(ctx: Context, model: nn.Module, dm, epochs: int, **opt) -> tuple[nn.Mod
     trainer.fit(lit, datamodule=dm)
     wall = time.time() - t0
     model = lit.model.cpu().eval()
-    test = evaluate(model, dm.test_dataloader(), transform_eval(dm))
-    for lg in loggers:
-        lg.log_metrics({"test/top1": test}, step=trainer.global_step)
     finish_loggers(loggers)
-    metrics = {"test_top1": test, "best_val_top1": best.best, "best_epoch": best.epoch,
-               "epochs": epochs, "train_seconds": wall,
+    bad = first_nonfinite(model)
+    if bad is not None:  # never save a network that cannot be converted faithfully
+        raise FloatingPointError(f"stage {stage}: parameter {bad!r} is NaN/inf after training; "
+                                 "nothing was saved (lower the learning rate)")
+    val = evaluate(model, dm.val_dataloader(), transform_eval(dm))
+    metrics = {"val_top1": val, "best_val_top1": best.best, "best_epoch": best.epoch,
+               "selected_on": "val", "epochs": epochs, "train_seconds": wall,
                "seconds_per_epoch": wall / max(1, trainer.current_epoch)}
     return model, metrics
 
@@ -48,11 +55,11 @@ def run_ann(ctx: Context) -> dict:
     L.seed_everything(int(cfg.seed))
     model = create_model(arch["name"], arch["num_classes"], arch["in_channels"], "relu",
                          **arch["kwargs"])
-    model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), lr=cfg.ann.lr,
+    model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), "ann", lr=cfg.ann.lr,
                           momentum=cfg.ann.momentum, weight_decay=cfg.ann.weight_decay)
-    save_artifact(ctx.run_dir / "ann.pt", "ann", model, arch, {"name": "relu"}, metrics,
+    save_artifact(ctx.run_dir / ANN, "ann", model, arch, {"name": "relu"}, metrics,
                   ctx.config_dict(), ctx.fp("data", "model", "ann", "seed"))
-    log.info("ANN test top-1 %.4f -> %s", metrics["test_top1"], ctx.run_dir / "ann.pt")
+    log.info("ANN validation top-1 %.4f -> %s", metrics["val_top1"], ctx.run_dir / ANN)
     return metrics
 
 
@@ -66,12 +73,12 @@ def swap_activations(ann: nn.Module, make) -> nn.Module:
 
 
 def phase1_artifact_name(activation: str) -> str:
-    return "qcann.pt" if activation == "qc" else "ratenorm.pt"
+    return QCANN if activation == "qc" else RATENORM
 
 
 def run_phase1(ctx: Context) -> dict:
     _cfg, p = ctx.cfg, ctx.cfg.phase1
-    ann_art = load_artifact(ctx.run_dir / "ann.pt", "ann")
+    ann_art = load_artifact(ctx.run_dir / ANN, "ann")
     dm = ctx.datamodule()
     ann = load_network(ann_art)
     n = min(int(p.init_batches) * dm.batch_size, dm.train_size)
@@ -98,17 +105,20 @@ def run_phase1(ctx: Context) -> dict:
 
         model = swap_activations(ann, make_rn)
         act = {"name": "ratenorm", "kwargs": {}}
-    init_top1 = evaluate(model, dm.test_dataloader(), transform_eval(dm))
+    init_top1 = evaluate(model, dm.val_dataloader(), transform_eval(dm))
     model, metrics = _fit(
-        ctx, model, dm, int(p.epochs), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
-        threshold_lr=p.threshold_lr, threshold_weight_decay=p.threshold_weight_decay)
-    metrics["ann_test_top1"] = ann_art["metrics"]["test_top1"]
-    metrics["init_test_top1"] = init_top1
+        ctx, model, dm, int(p.epochs), "phase1", lr=p.lr, momentum=p.momentum,
+        weight_decay=p.weight_decay, threshold_lr=p.threshold_lr,
+        threshold_weight_decay=p.threshold_weight_decay, freeze_bn=bool(p.freeze_bn))
+    metrics["ann_val_top1"] = ann_art["metrics"].get("val_top1",
+                                                     ann_art["metrics"].get("best_val_top1"))
+    metrics["init_val_top1"] = init_top1
+    metrics["freeze_bn"] = bool(p.freeze_bn)
     metrics["thresholds"] = {n: float(m.threshold) for n, m in model.named_modules()
                              if isinstance(m, QCActivation | RateNorm)}
     out = ctx.run_dir / phase1_artifact_name(act_name)
     save_artifact(out, "qcann" if act_name == "qc" else "ratenorm", model, ann_art["arch"], act,
                   metrics, ctx.config_dict(), ctx.fp("phase1", upstream=ann_art["fingerprint"]))
-    log.info("ANN test top-1 %.4f | %s test top-1 %.4f (before fine-tuning %.4f) -> %s",
-             metrics["ann_test_top1"], act_name.upper(), metrics["test_top1"], init_top1, out)
+    log.info("validation top-1: ANN %.4f | %s %.4f (before fine-tuning %.4f) -> %s",
+             metrics["ann_val_top1"], act_name.upper(), metrics["val_top1"], init_top1, out)
     return metrics
