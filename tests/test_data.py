@@ -21,6 +21,7 @@ from lowlat.data import (
     CIFAR10_STD,
     CIFARDataModule,
     DigitsDataModule,
+    ImageFolderDataModule,
     InMemoryImageFolderDataModule,
     LazyImageFolderDataModule,
     LowLatDataModule,
@@ -149,6 +150,44 @@ def test_calibration_loader(digits: DigitsDataModule) -> None:
         digits.calibration_loader(0, batch_size=4)
     with pytest.raises(ValueError, match="n=100000"):
         digits.calibration_loader(100_000, batch_size=4)
+
+
+# ---------------------------------------------------------------------------- test split guard
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.0, 1.5])
+def test_val_fraction_outside_0_1_is_refused(bad: float, tmp_path: Path) -> None:
+    """No validation split would make model selection look at the test split (issue 8)."""
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    builders = [
+        lambda: DigitsDataModule(val_fraction=bad),
+        lambda: CIFARDataModule(root=str(tmp_path), val_fraction=bad),
+        lambda: ImageFolderDataModule(str(tmp_path), num_classes=1, val_fraction=bad),
+        lambda: ImageFolderDataModule(
+            str(tmp_path), num_classes=1, in_memory=False, val_fraction=bad
+        ),
+    ]
+    for build in builders:
+        with pytest.raises(ValueError, match=r"data\.val_fraction=.*must be in \(0, 1\)"):
+            build()
+    with pytest.raises(ValueError, match=r"data\.val_fraction"):
+        split_indices(torch.arange(10), bad, seed=0)
+
+
+def test_empty_validation_split_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"data\.val_fraction=0\.001.*no validation image"):
+        DigitsDataModule(val_fraction=0.001, limit_val=0).setup()
+
+
+def test_test_loader_calls_count_only_the_test_loader(digits: DigitsDataModule) -> None:
+    dm = DigitsDataModule()
+    assert dm.test_loader_calls == 0
+    dm.setup()
+    dm.train_dataloader(), dm.val_dataloader(), dm.calibration_loader(5, 5)
+    assert dm.train_size and dm.test_loader_calls == 0
+    dm.test_dataloader()
+    dm.test_dataloader()
+    assert dm.test_loader_calls == 2
 
 
 # ---------------------------------------------------------------------------- transform_batch
@@ -304,6 +343,7 @@ def test_lightning_hook_augments_only_in_training(monkeypatch: pytest.MonkeyPatc
     )
     trainer.fit(Tiny(), datamodule=dm)
     assert flags.count(True) == 2 and flags.count(False) == 1
+    assert dm.test_loader_calls == 0  # fitting with validation never reads the test split
 
 
 # ---------------------------------------------------------------------------- errors
@@ -323,8 +363,6 @@ def test_cifar_missing_files(tmp_path: Path) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="val_fraction"):
-        DigitsDataModule(val_fraction=1.0)
     with pytest.raises(ValueError, match="one per channel"):
         DigitsDataModule(mean=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match="crop_padding"):

@@ -149,6 +149,7 @@ def test_image_folder_lazy(kind: str, tmp_path: Path) -> None:
     assert dm.classes == ["ant", "bee", "cat"]
     xte, yte = images(dm.test_dataloader())
     _check_labels(xte, yte)
+    assert dm.test_loader_calls == 1
     xv, yv = images(dm.val_dataloader())
     _check_labels(xv, yv)
     xtr, ytr = images(dm.train_dataloader())

@@ -28,11 +28,14 @@ class LowLatDataModule(L.LightningDataModule):
     augmentation and normalization run batched in :meth:`transform_batch` (called from
     ``on_after_batch_transfer``), i.e. on the GPU when training on one.
 
+    ``test_loader_calls`` counts calls to :meth:`test_dataloader`. It is the guard that lets
+    tests prove no stage except final evaluation reads the test split.
+
     Args:
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (default ``batch_size``).
-        val_fraction: fraction of the training set held out (stratified, fixed by ``seed``);
-            0 means no validation split, and the validation loader serves the test set.
+        val_fraction: share of the training set held out for validation (stratified, fixed by
+            ``seed``), in (0, 1): choices are made on it, never on the test split.
         seed: fixes the split and the order used by ``limit_*`` and ``calibration_loader``.
         crop_padding: zero padding of the random crop; 0 disables it.
         flip: random horizontal flip.
@@ -96,6 +99,7 @@ class LowLatDataModule(L.LightningDataModule):
         self.limit_train = limit_train
         self.limit_test = limit_test
         self.limit_val = limit_val
+        self.test_loader_calls = 0
         self._auto_augment = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10) if autoaugment else None
         self._sets: dict[str, Dataset] | None = None
 
@@ -134,11 +138,12 @@ class LowLatDataModule(L.LightningDataModule):
         return self._loader(self._set("train"), self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation split, or the test set when ``val_fraction == 0``."""
-        split = "val" if len(self._set("val")) else "test"
-        return self._loader(self._set(split), self.eval_batch_size, shuffle=False)
+        """The held-out part of the training set (never the test split)."""
+        return self._loader(self._set("val"), self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        """The test split, for final evaluation only; counted in ``test_loader_calls``."""
+        self.test_loader_calls += 1
         return self._loader(self._set("test"), self.eval_batch_size, shuffle=False)
 
     @property

@@ -11,9 +11,16 @@ from torch import Tensor
 
 
 def check_val_fraction(val_fraction: float) -> float:
-    """Refuse a validation share outside [0, 1)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    """Refuse a validation share that would leave no validation split.
+
+    Without one, model selection (best epoch, sweeps) would have to look at the test split.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(
+            f"data.val_fraction={val_fraction} is invalid: it must be in (0, 1), the share of "
+            "the training set held out for validation (e.g. 0.1); the test split is never used "
+            "for validation"
+        )
     return float(val_fraction)
 
 
@@ -64,6 +71,11 @@ def train_val_indices(
     tr_idx, val_idx = split_indices(y, val_fraction, seed)
     tr_idx = tr_idx[stratified_order(y[tr_idx], seed + 1)]
     n_tr, n_val = limit(limit_train, len(tr_idx)), limit(limit_val, len(val_idx))
+    if n_val == 0:
+        raise ValueError(
+            f"data.val_fraction={val_fraction} (data.limit_val={limit_val}) leaves no validation "
+            f"image out of {len(y)} training images: raise data.val_fraction or data.limit_val"
+        )
     return tr_idx[:n_tr], val_idx[:n_val]
 
 
