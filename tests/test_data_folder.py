@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -177,6 +178,56 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "plain.txt").write_text("hello")
     with pytest.raises(ValueError, match="plain.txt.*not a tar"):
         ImageFolderDataModule(str(tmp_path / "plain.txt"))
+
+
+def _truncate(src: Path, dst: Path, keep: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+@pytest.mark.parametrize("keep", [0.002, 0.02, 0.5, 0.9])
+def test_truncated_tar_gz_names_the_file(keep: float, tmp_path: Path) -> None:
+    """Issue 10: not a bare ``tarfile.ReadError`` but an error that says which file is bad."""
+    full = _write_tar(tmp_path / "full.tar.gz", _tree(n_train=30))
+    bad = _truncate(full, tmp_path / "cut.tar.gz", keep)
+    with pytest.raises(ValueError, match=re.escape(repr(str(bad)))) as err:
+        ImageFolderDataModule(str(bad), num_classes=3, cache_dir=None).setup()
+    assert "truncated" in str(err.value)
+
+
+def test_corrupt_tar_gz_is_caught_by_its_crc(tmp_path: Path) -> None:
+    """A damaged gzip stream can inflate to wrong bytes; the CRC check must refuse it."""
+    data = bytearray(_write_tar(tmp_path / "full.tar.gz", _tree()).read_bytes())
+    data[-8] ^= 0xFF  # the CRC-32 in the gzip trailer: every member still decodes
+    bad = tmp_path / "corrupt.tar.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(repr(str(bad))) + ".*truncated or corrupt"):
+        ImageFolderDataModule(str(bad), num_classes=3, cache_dir=str(tmp_path)).setup()
+    assert not list(tmp_path.glob("*.pt"))  # nothing cached from it
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_damaged_tar_names_the_file(in_memory: bool, tmp_path: Path) -> None:
+    full = _write_tar(tmp_path / "full.tar", _tree(n_train=30), mode="w")
+    with tarfile.open(full) as tf:
+        offset = tf.getmembers()[5].offset
+    data = bytearray(full.read_bytes())
+    data[offset + 148] ^= 0xFF  # the header checksum of a later member
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bytes(data))
+    cut = _truncate(full, tmp_path / "cut.tar", 0.6)
+    for bad in (damaged, cut):
+        with pytest.raises(ValueError, match=re.escape(repr(str(bad))) + ".*truncated or corrupt"):
+            ImageFolderDataModule(str(bad), num_classes=3, in_memory=in_memory,
+                                  cache_dir=None).setup()
+
+
+def test_bad_image_in_tar_names_the_member(tmp_path: Path) -> None:
+    files = {**_tree(), "train/ant/broken.png": b"not a png"}
+    bad = _write_tar(tmp_path / "x.tar.gz", files)
+    with pytest.raises(ValueError, match=r"'train/ant/broken\.png' in .*x\.tar\.gz"):
+        ImageFolderDataModule(str(bad), num_classes=3, cache_dir=None).setup()
 
 
 # ---------------------------------------------------------------------------- real data

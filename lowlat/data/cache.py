@@ -54,7 +54,11 @@ def fit_image(img: Tensor, size: int) -> Tensor:
 
 def _decode_file(path: str, size: int) -> Tensor:
     with open(path, "rb") as f:
-        return fit_image(decode_image_bytes(f.read()), size)
+        data = f.read()
+    try:
+        return fit_image(decode_image_bytes(data), size)
+    except Exception as e:
+        raise ValueError(f"cannot decode image {path!r}: {e}") from e
 
 
 def decode_all(root: str, is_tar: bool, size: int) -> dict[str, Any]:

@@ -7,9 +7,12 @@ lazy mode for file paths or tar offsets. Class order is the sorted folder names,
 
 from __future__ import annotations
 
+import gzip
 import os
 import tarfile
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,6 +21,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 SPLIT_DIRS = ("train", "test", "val")  # "val" is accepted as the test split when "test" is absent
 T = TypeVar("T")
+# what a damaged archive raises while being read
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 Found = dict[str, list[tuple[str, Any]]]  # split -> [(class name, source)]
 
 
@@ -27,14 +32,25 @@ def resolve_root(root: str) -> tuple[str, bool]:
     if not os.path.exists(root):
         raise FileNotFoundError(f"image folder root not found: {root!r}")
     is_tar = os.path.isfile(root)
-    if is_tar and not tarfile.is_tarfile(root):
-        raise ValueError(f"{root!r} is a file but not a tar archive")
+    if is_tar:
+        try:
+            ok = tarfile.is_tarfile(root)
+        except _ARCHIVE_ERRORS:  # e.g. EOFError from a gzip cut inside its first member
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{root!r} is a file but not a tar archive (or it is truncated or corrupt)"
+            )
     return root, is_tar
 
 
 def _magic(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read(6)
+
+
+def _is_gzip(path: str) -> bool:
+    return _magic(path)[:2] == b"\x1f\x8b"
 
 
 def is_compressed(path: str) -> bool:
@@ -100,22 +116,64 @@ def parse_member(name: str) -> tuple[str, str, str] | None:
     return None
 
 
+def _members(path: str, stream: bool) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Every member of a tar in one pass, then a check that the archive really ended.
+
+    ``tarfile`` stops silently at a damaged member header and never checks a gzip CRC, so the
+    bytes after the last member must be the zero end blocks, read to the end of a gzip stream.
+    """
+    with ExitStack() as stack:
+        if stream and _is_gzip(path):
+            gz = stack.enter_context(gzip.open(path, "rb"))
+            tf = stack.enter_context(tarfile.open(fileobj=gz, mode="r|"))
+        else:
+            tf = stack.enter_context(tarfile.open(path, "r|*" if stream else "r:"))
+        for m in tf:
+            yield tf, m
+        # tarfile stopped at tf.offset; a stream has consumed the block there already
+        seen = 0
+        if stream:
+            seen = tf.fileobj.tell() - tf.offset
+        else:
+            tf.fileobj.seek(tf.offset)
+        while chunk := tf.fileobj.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                raise tarfile.ReadError("data after the last readable member (a damaged header)")
+            seen += len(chunk)
+        if seen < tarfile.BLOCKSIZE:
+            raise tarfile.ReadError("no end-of-archive block (the file is cut short)")
+
+
 def scan_tar(
     path: str, load: Callable[[tarfile.TarFile, tarfile.TarInfo], T], stream: bool
 ) -> dict[str, list[tuple[str, T]]]:
     """One pass over a tar: ``{split: [(class, load(tar, member))]}`` sorted by member name.
 
     Sorting makes the archive's member order irrelevant. ``stream`` reads sequentially (any
-    compression, no seeking); otherwise the tar must be uncompressed.
+    compression, no seeking); otherwise the tar must be uncompressed. A truncated or corrupt
+    archive raises ``ValueError`` naming the file instead of a bare ``tarfile.ReadError``.
     """
+    def _load(tf: tarfile.TarFile, m: tarfile.TarInfo) -> T:
+        try:
+            return load(tf, m)
+        except _ARCHIVE_ERRORS:
+            raise
+        except Exception as e:  # a bad image inside a sound archive: name the member
+            raise ValueError(f"cannot read {m.name!r} in {path!r}: {e}") from e
+
     tops: set[str] = set()
     named: dict[str, list[tuple[str, str, T]]] = {}
-    with tarfile.open(path, "r|*" if stream else "r:") as tf:
-        for m in tf:
+    try:
+        for tf, m in _members(path, stream):
             parsed = parse_member(m.name) if m.isfile() else None
             if parsed:
                 tops.add(parsed[0])
-                named.setdefault(parsed[1], []).append((m.name, parsed[2], load(tf, m)))
+                named.setdefault(parsed[1], []).append((m.name, parsed[2], _load(tf, m)))
+    except _ARCHIVE_ERRORS as e:
+        raise ValueError(
+            f"cannot read the tar archive {path!r}: it is truncated or corrupt "
+            f"({type(e).__name__}: {e}); copy or download it again"
+        ) from e
     if len(tops) > 1:
         raise ValueError(f"{path!r} holds several top-level folders with train/: {sorted(tops)}")
     return {k: [(c, src) for _, c, src in sorted(v, key=lambda t: t[0])] for k, v in named.items()}
