@@ -489,7 +489,7 @@ def _parse_overrides(ov: Sequence[str]) -> dict[str, str]:
 
 
 def sweep_rows(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Long-form rows ``run, <differing overrides>, method, T, top1``; returns (keys, rows)."""
+    """Long-form rows ``run, <differing overrides>, method, T, val_top1``; (keys, rows)."""
     parsed = [_parse_overrides(r.overrides) for r in runs]
     keys = sorted({k for p in parsed for k in p})
     keys = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
@@ -499,7 +499,7 @@ def sweep_rows(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
                 METHOD_ORDER.index(x["method"]) if x["method"] in METHOD_ORDER else 99, x["T"])):
             rows.append({"run": r.name or str(r.path), **{k: p.get(k, "") for k in keys},
                          "method": row["method"], "T": int(row["T"]),
-                         "top1": 100.0 * float(row.get("val_top1", row["top1"]))})
+                         "val_top1": 100.0 * float(row.get("val_top1", row["top1"]))})
     return keys, rows
 
 
@@ -508,9 +508,9 @@ def write_sweep(runs: Sequence[Run], out: Path) -> tuple[Path, Path]:
     keys, rows = sweep_rows(runs)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, ["run", *keys, "method", "T", "top1"])
+    w = csv.DictWriter(buf, ["run", *keys, "method", "T", "val_top1"])
     w.writeheader()
-    w.writerows({**r, "top1": f"{r['top1']:.2f}"} for r in rows)
+    w.writerows({**r, "val_top1": f"{r['val_top1']:.2f}"} for r in rows)
     (out / "sweep.csv").write_text(buf.getvalue())
     ts = sorted({r["T"] for r in rows})
     lines = [f"# Sweep: {len(runs)} runs", "", "VALIDATION top-1 % per method and T (sweeps choose "
@@ -520,7 +520,8 @@ def write_sweep(runs: Sequence[Run], out: Path) -> tuple[Path, Path]:
              "|---" * (len(keys) + 2 + len(ts)) + "|"]
     groups: dict[tuple, dict[int, float]] = {}
     for r in rows:
-        groups.setdefault((r["run"], *(r[k] for k in keys), r["method"]), {})[r["T"]] = r["top1"]
+        groups.setdefault((r["run"], *(r[k] for k in keys), r["method"]), {})[r["T"]] = (
+            r["val_top1"])
     for g, vals in groups.items():
         lines.append("| " + " | ".join([*(f"`{v}`" if v != "" else "" for v in g[:-1]), g[-1],
                                         *(f"{vals[T]:.2f}" if T in vals else "—" for T in ts)])

@@ -88,13 +88,16 @@ def test_report_tables(tiny_run: Path, tmp_path: Path) -> None:
 
     t1 = _table(md, "Table 1")
     assert t1[0] == ["Method", "T=8", "T=16", "T=32", "T=64", "T=128"]
-    assert [r[0] for r in t1[1:]] == ["Max Norm", "Robust Norm", "Phase I (QC-ANN)"]
-    assert _cell(t1, "Phase I (QC-ANN)", "T=16") == "— / 94.09"
+    assert [r[0] for r in t1[1:]] == ["Max Norm", "Robust Norm", "Phase I",
+                                      "Robust Norm (all values) (lowlat)", "Unbiased (lowlat)"]
+    assert _cell(t1, "Phase I", "T=16") == "— / 94.09"
+    assert _cell(t1, "Unbiased (lowlat)", "T=8").startswith(f"{ours['unbiased', 8]:.2f} / —")
+    assert "full test split, 128 images" in md
     assert _cell(t1, "Max Norm", "T=8").startswith(f"{ours['maxnorm', 8]:.2f} / 10.00 (")
 
     t2 = _table(md, "Table 2")
     assert t2[0] == ["Method", "T=4", "T=16"]
-    assert {"Phase I (QC-ANN)", "Phase I+OptI", "Phase I+Opt"} <= {r[0] for r in t2[1:]}
+    assert {"Phase I", "Phase I+OptI", "Phase I+Opt"} <= {r[0] for r in t2[1:]}
     assert _cell(t2, "Phase I+Opt", "T=4") == f"{ours['opt', 4]:.2f} / —"  # no CIFAR-10 figures
 
     t3 = _table(md, "Table 3")
@@ -103,7 +106,10 @@ def test_report_tables(tiny_run: Path, tmp_path: Path) -> None:
     assert _cell(t3, "Phase I+LMPC+LWC", "T=2").startswith(f"{ours['lmpc+lwc', 2]:.2f} / 89.97")
     assert _cell(t3, "Phase I+LMPC+LWC", "ANN").startswith(
         f"{100 * results['ann_top1']:.2f} / 95.71")
-    assert {"Phase I (QC-ANN)", "Phase I+LWC", "QCFS* [19] (L=8)"} <= {r[0] for r in t3[1:]}
+    assert {"Phase I", "Phase I+LWC", "QCFS* [19] (L=8)"} <= {r[0] for r in t3[1:]}
+    names = [r[0] for r in t3[1:]]  # lowlat's own rows come after the paper's, not in place
+    assert names.index("lowlat (LMPC+LWC) (lowlat)") > names.index("Phase I+LMPC+LWC")
+    assert _cell(t3, "lowlat (LMPC+LWC) (lowlat)", "T=2") == f"{ours['lowlat', 2]:.2f} / —"
 
     csv = (tmp_path / "tables.csv").read_text()
     assert "3,lmpc+lwc,4,,93.28," in csv
@@ -125,7 +131,7 @@ def test_default_out_and_paper_fallback(tiny_run: Path, tmp_path: Path) -> None:
     assert report.main([str(run)]) == 0
     md = (run / "report" / "report.md").read_text()
     assert "matches no paper column" in md  # digits: compared with the headline column
-    assert "Phase II: per-layer rate MSE" in md and "snn_T2.pt" in md
+    assert "Phase II: per-layer rate MSE" in md and "snn_T2_lmpc+lwc.pt" in md
 
 
 def test_bad_input_exits_nonzero(tmp_path: Path) -> None:
@@ -151,12 +157,5 @@ def test_sweep_gathering(tiny_run: Path, tmp_path: Path) -> None:
     assert "| run | phase1.levels | method |" in md and "experiment" not in md.split("|---")[0]
     assert "| `1` | `8` | lmpc+lwc |" in md
     csv = (multirun / "report" / "sweep.csv").read_text().splitlines()
-    assert csv[0] == "run,phase1.levels,method,T,top1"
+    assert csv[0] == "run,phase1.levels,method,T,val_top1"  # sweeps choose on validation
     assert len(csv) == 1 + 2 * len(json.loads((tiny_run / "results.json").read_text())["rows"])
-
-
-def test_objective_value(tiny_run: Path) -> None:
-    results = json.loads((tiny_run / "results.json").read_text())
-    row = next(r for r in results["rows"] if r["method"] == "lmpc+lwc")
-    assert report.objective_value(tiny_run, "lmpc+lwc", row["T"]) == row["top1"]
-    assert report.objective_value(tiny_run, "lmpc+lwc", 999) is None

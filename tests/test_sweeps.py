@@ -80,6 +80,7 @@ def test_wandb_sweep_file(path: Path) -> None:
     cmd = sweep["command"]
     assert cmd[cmd.index("-m") + 1] == "lowlat.run" and "${args_no_hyphens}" in cmd
     assert sweep["metric"]["name"].startswith("phase2/") and sweep["metric"]["goal"] == "maximize"
+    assert sweep["metric"]["name"].endswith("/val_top1")  # sweeps choose on validation only
     fixed = [c for c in cmd if "=" in c and not c.startswith("${")]
     fixed = [c.replace("${oc.env:WANDB_RUN_ID,local}", "local") for c in fixed]
     cfg = _compose([c for c in fixed if not c.startswith("experiment=")])
