@@ -82,6 +82,7 @@ class _OpCounter:
         self.total = 0.0
         self.first = 0.0
         self.first_name: str | None = None
+        self.per_layer: dict[str, float] = {}  # layer -> operations (all samples)
         self.steps = 1  # time steps in the current chunk
         self.batch = 1  # samples in the current batch
         self.handles = []
@@ -95,9 +96,12 @@ class _OpCounter:
             if self.first_name is None:
                 self.first_name = name
             if name == self.first_name:  # analog input: one MAC per input value and step
-                self.first += x[0].numel() * per_input * self.steps * self.batch
+                ops = x[0].numel() * per_input * self.steps * self.batch
+                self.first += ops
             else:
-                self.total += float(torch.count_nonzero(x)) * per_input
+                ops = float(torch.count_nonzero(x)) * per_input
+                self.total += ops
+            self.per_layer[name] = self.per_layer.get(name, 0.0) + ops
         return fn
 
     def remove(self) -> None:
