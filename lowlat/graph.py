@@ -62,7 +62,9 @@ class _LeafActTracer(fx.Tracer):
         self.record_stack_traces = True  # source lines for error messages
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (*ACTIVATIONS, IFNeuron)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (*ACTIVATIONS, IFNeuron))
+                or type(m).__module__.startswith("onnx2torch")  # refused by name, not traced
+                or super().is_leaf_module(m, qualname))
 
 
 def _user_frame(tb) -> str:
