@@ -110,6 +110,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
             "The forward pass branches or loops on tensor values, which a converted SNN cannot "
             "follow; make the branch depend on constructor arguments only (or move it out of "
             "forward)") from e
+    if isinstance(model, fx.GraphModule):  # keep the user's source lines, not generated code
+        lines = {n.name: n.stack_trace for n in model.graph.nodes if n.stack_trace}
+        for node in graph.nodes:
+            if node.name in lines and "<eval_with_key>" in (node.stack_trace or ""):
+                node.stack_trace = lines[node.name]
     gm = fx.GraphModule(model, graph, model.__class__.__name__)
     seen: set[str] = set()
     for node in list(gm.graph.nodes):
