@@ -151,7 +151,23 @@ def test_evaluate_and_fine_tune_with_dataloaders(tiny_snn):
     lam = [float(a.lam) for a in qc.modules() if isinstance(a, QCActivation)]
     qc = api.fine_tune(qc, loader, num_classes=3, epochs=1, lr=0.05, threshold_lr=0.5)
     assert [float(a.lam) for a in qc.modules() if isinstance(a, QCActivation)] != lam
-    snn = api.convert(qc, "opti", T=T)
+    snn = api.convert(qc, "lmpc", T=T)
+    from_loader = api.calibrate(snn, qc, loader, n_images=16)
+    assert [r["mse_end"] for r in from_loader] == pytest.approx(
+        [r["mse_end"] for r in api.calibrate(snn, qc, xs[:16])])  # same 16 images
     acc = api.evaluate(snn, loader, [2, T])
     assert acc[T] == pytest.approx(float((snn(xs).argmax(1) == ys).float().mean()))
     assert acc[2] == pytest.approx(float((snn(xs, T=2).argmax(1) == ys).float().mean()))
+
+
+def test_converter_calls_the_users_fine_tuning():
+    seen = []
+
+    def tune(qc: nn.Module) -> nn.Module:
+        seen.append(sum(isinstance(m, QCActivation) for m in qc.modules()))
+        return qc
+
+    xs = torch.rand(4, 3, 8, 8)
+    conv = api.Converter(xs, T=2, method="opti", pool="avg", fine_tune=tune)
+    snn = conv(tiny_net())
+    assert seen == [2] and len(spiking_layers(snn.net)) == 2 and conv.qcann is not None
