@@ -171,3 +171,16 @@ def test_converter_calls_the_users_fine_tuning():
     conv = api.Converter(xs, T=2, method="opti", pool="avg", fine_tune=tune)
     snn = conv(tiny_net())
     assert seen == [2] and len(spiking_layers(snn.net)) == 2 and conv.qcann is not None
+
+
+def test_evaluate_snn_per_layer_ops_add_up(tiny_snn):
+    from lowlat.simulate import evaluate_snn
+
+    snn, xs = tiny_snn
+    ys = torch.zeros(len(xs), dtype=torch.long)
+    st = evaluate_snn(snn.net, [(xs[:8], ys[:8]), (xs[8:], ys[8:])], [2, T],
+                      transform=snn.normalize, progress=False)
+    for t in (2, T):
+        assert sum(st.layer_ops[t].values()) == pytest.approx(st.ops[t] + st.first_ops[t])
+    rec = snn.record(xs)  # one batch, one run: the same per-layer counts at T
+    assert st.layer_ops[T] == pytest.approx(rec.ops)
