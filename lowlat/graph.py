@@ -195,9 +195,7 @@ def check_convertible(gm: fx.GraphModule) -> None:
             continue
         if node.op == "output":
             continue
-        flat = fx.node.map_arg((node.args, node.kwargs), lambda a: a)
-        inputs: list[fx.Node] = []
-        fx.node.map_arg(flat, inputs.append)
+        inputs = node.all_input_nodes
         if node.op == "call_function" and node.target is getattr:
             kind[node] = META
             continue
