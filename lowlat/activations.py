@@ -112,4 +112,5 @@ def make_act_layer(name: str, **kwargs) -> ActFactory:
     raise ValueError(f"unknown activation {name!r}; valid: relu, qc, ratenorm")
 
 
-ACTIVATIONS = (nn.ReLU, QCActivation, RateNorm)
+# ReLU6 is clip-linear: a QC activation (λ <= 6) or an IF neuron (θ <= 6) represents it.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, QCActivation, RateNorm)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +87,31 @@ def load_artifact(path: str | Path, kind: str | None = None) -> dict:
     return art
 
 
+def import_factory(path: str) -> Callable[..., nn.Module]:
+    """The callable named ``'package.module:qualname'``."""
+    mod, _, name = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ArtifactError(f"cannot import the model factory {path!r}: {e}") from e
+    return obj
+
+
 def build_network(arch: dict, act: dict) -> nn.Module:
-    """Rebuild the (A)NN skeleton described by an artifact, before loading its weights."""
+    """Rebuild the (A)NN skeleton described by an artifact, before loading its weights.
+
+    ``arch`` names a registered model, or (user models, :mod:`lowlat.api`) an importable
+    ``factory`` and its ``kwargs``: the factory's model gets its max pooling replaced by average
+    pooling (a converted network has none) and every ReLU/ReLU6 call site swapped for ``act``.
+    """
+    if "factory" in arch:
+        from lowlat.convert import replace_max_pooling, swap_activations
+
+        make = make_act_layer(act["name"], **act.get("kwargs", {}))
+        model = replace_max_pooling(import_factory(arch["factory"])(**arch.get("kwargs", {})))
+        return swap_activations(model, lambda _name: make())
     return create_model(
         arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
         act_layer=make_act_layer(act["name"], **act.get("kwargs", {})), **arch.get("kwargs", {}),

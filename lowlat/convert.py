@@ -9,46 +9,27 @@ from __future__ import annotations
 
 import copy
 import logging
-import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from lowlat.activations import ACTIVATIONS, QCActivation, RateNorm
+from lowlat.graph import (
+    MAX_POOLS,
+    ConversionError,
+    check_convertible,
+    set_module,
+    trace,
+)
 from lowlat.neurons import IFNeuron
 
 log = logging.getLogger(__name__)
 
-# Layers that act on each time step independently and linearly (or are pure reshapes), so they
-# can run on the time-folded batch of spikes unchanged.
-STATELESS = (
-    nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
-    nn.Identity, nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d,
-)
-FUNCTIONS = {
-    operator.add, operator.iadd, torch.add, torch.flatten, torch.cat, getattr, operator.getitem,
-}
-METHODS = {"flatten", "view", "reshape", "size", "add", "add_", "contiguous", "dim"}
-
-
-class _LeafActTracer(fx.Tracer):
-    """Keeps activations and neurons as single graph nodes so they can be swapped by name."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (*ACTIVATIONS, IFNeuron)) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    graph = _LeafActTracer().trace(model)
-    return fx.GraphModule(model, graph, model.__class__.__name__)
-
-
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+__all__ = ["ConversionError", "activation_sites", "activation_stats", "check_convertible",
+           "fold_bn", "replace_max_pooling", "swap_activations", "to_snn", "trace"]
+_set_module = set_module  # old private name
 
 
 def fold_bn(model: nn.Module) -> fx.GraphModule:
@@ -75,7 +56,7 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
         else:
             log.warning("BatchNorm %s follows %s; left unfolded", node.target, type(layer).__name__)
             continue
-        _set_module(gm, prev.target, fused)
+        set_module(gm, prev.target, fused)
         modules[prev.target] = fused
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
@@ -85,63 +66,91 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
-def check_convertible(gm: fx.GraphModule) -> None:
-    """Raise ``ValueError`` naming the first layer the SNN simulator cannot run faithfully."""
-    modules = dict(gm.named_modules())
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, nn.MaxPool2d | nn.MaxPool1d | nn.AdaptiveMaxPool2d):
-                raise ValueError(
-                    f"layer {node.target!r} is {type(m).__name__}: max pooling of spike trains is "
-                    "not rate-preserving; build the model with average pooling "
-                    "(e.g. model.kwargs.pool=avg)"
-                )
-            if not isinstance(m, (*STATELESS, *ACTIVATIONS, IFNeuron)):
-                raise ValueError(
-                    f"layer {node.target!r} ({type(m).__name__}) is not supported by the SNN "
-                    f"converter; supported: {', '.join(t.__name__ for t in STATELESS)} and "
-                    "activations ReLU/QCActivation/RateNorm"
-                )
-        elif node.op == "call_function" and node.target not in FUNCTIONS:
-            raise ValueError(
-                f"graph node {node.name!r} calls {getattr(node.target, '__name__', node.target)}, "
-                "which the SNN converter does not support (functional activations must be modules)"
-            )
-        elif node.op == "call_method" and node.target not in METHODS:
-            raise ValueError(
-                f"graph node {node.name!r} calls method .{node.target}(), not supported")
+def activation_sites(model: nn.Module) -> dict[str, nn.Module]:
+    """Activation modules by call-site name (the names the converted neurons will carry)."""
+    return {n: m for n, m in trace(model).named_modules() if isinstance(m, ACTIVATIONS)}
 
 
 def activation_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
+    return list(activation_sites(model))
+
+
+def _needs_graph(model: nn.Module) -> bool:
+    """Whether module names alone cannot address every activation call site."""
+    sites = activation_sites(model)
+    return set(sites) != {n for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)}
+
+
+def swap_activations(
+    model: nn.Module, make: Callable[[str], nn.Module],
+    types: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6),
+) -> nn.Module:
+    """Copy ``model`` and replace every activation call site of ``types`` by ``make(site)``.
+
+    The copy keeps the model's own class when each site is its own module; a model that calls
+    one module at several sites (or ``F.relu``) comes back as the per-site fx graph of
+    :func:`lowlat.graph.trace`, so that each site gets its own threshold.
+    """
+    model = copy.deepcopy(model)
+    if _needs_graph(model):
+        model = trace(model)
+    for name, m in list(model.named_modules()):
+        if type(m) in types:
+            set_module(model, name, make(name))
+    if isinstance(model, fx.GraphModule):
+        model.recompile()
+    return model
+
+
+def replace_max_pooling(model: nn.Module) -> nn.Module:
+    """Copy ``model`` with every max-pooling module replaced by average pooling of the same
+    window (spike trains can be average-pooled exactly; fine-tune afterwards)."""
+    model = copy.deepcopy(model)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.AdaptiveMaxPool2d):
+            new = nn.AdaptiveAvgPool2d(m.output_size)
+        elif isinstance(m, nn.AdaptiveMaxPool1d):
+            new = nn.AdaptiveAvgPool1d(m.output_size)
+        elif isinstance(m, MAX_POOLS):
+            if m.dilation not in (1, (1,), (1, 1)) or m.return_indices:
+                raise ConversionError(f"max pooling {name!r} uses dilation or returns indices; "
+                                      "no average pooling matches it")
+            cls = nn.AvgPool2d if isinstance(m, nn.MaxPool2d) else nn.AvgPool1d
+            new = cls(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode,
+                      count_include_pad=False)
+        else:
+            continue
+        set_module(model, name, new)
+    return model
 
 
 def to_snn(
     model: nn.Module, thresholds: dict[str, float] | None = None, gamma: float = 1.0,
 ) -> fx.GraphModule:
-    """Fold BN and replace every activation by an :class:`IFNeuron` (θ = λ, spike value θ).
+    """Fold BN and replace every activation call site by an :class:`IFNeuron` (θ = λ, spike
+    value θ).
 
-    ``thresholds`` gives θ per activation name for plain ReLU networks (MaxNorm, RobustNorm);
-    QC and Rate-Norm activations carry their own threshold.
+    ``thresholds`` gives θ per activation site for plain ReLU/ReLU6 networks (MaxNorm,
+    RobustNorm; ReLU6 caps θ at 6); QC and Rate-Norm activations carry their own threshold.
     """
     gm = fold_bn(model)
     check_convertible(gm)
     for name, m in list(gm.named_modules()):
         if isinstance(m, QCActivation | RateNorm):
             theta = m.threshold.detach().clone()
-        elif isinstance(m, nn.ReLU):
+        elif isinstance(m, nn.ReLU | nn.ReLU6):
             if thresholds is None or name not in thresholds:
-                raise ValueError(
-                    f"activation {name!r} is a plain ReLU: give its threshold (maxnorm/robustnorm "
-                    "statistics) or convert a QC-ANN"
+                raise ConversionError(
+                    f"activation {name!r} is a plain {type(m).__name__}: give its threshold "
+                    "(maxnorm/robustnorm statistics) or convert a QC-ANN"
                 )
-            theta = torch.tensor(float(thresholds[name]))
+            cap = 6.0 if isinstance(m, nn.ReLU6) else float("inf")
+            theta = torch.tensor(min(float(thresholds[name]), cap))
         else:
             continue
         if float(theta) <= 0:
-            raise ValueError(f"activation {name!r} has threshold {float(theta)} <= 0")
-        _set_module(gm, name, IFNeuron(theta, gamma=gamma))
+            raise ConversionError(f"activation {name!r} has threshold {float(theta)} <= 0")
+        set_module(gm, name, IFNeuron(theta, gamma=gamma))
     gm.recompile()
     return gm
 
@@ -156,7 +165,7 @@ def activation_stats(
     ``percentile_nonzero`` over the non-zero values only (Rueckauer et al. 2017's definition),
     each on a uniform subsample of at most ``max_samples`` values a layer.
     """
-    model.eval()
+    model = trace(model.eval())  # per call site: a shared module gets one statistic per site
     names = activation_names(model)
     if not names:
         raise ValueError("model has no activation layers to take statistics from")

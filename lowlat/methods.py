@@ -22,6 +22,7 @@ Two families stand side by side:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -232,13 +233,18 @@ def convert_relu_ann(ann: nn.Module, stats: dict[str, dict[str, float]],
 
 
 def load_snn(art: dict) -> fx.GraphModule:
-    """Rebuild a calibrated SNN from its artifact (skeleton → conversion → stored buffers)."""
+    """Rebuild a calibrated SNN from its artifact (skeleton → conversion → stored buffers);
+    registered architectures and user factories (:func:`lowlat.api.save_snn`) alike."""
     snn = to_snn(build_network(art["arch"], art["act"]))
     state = art["state_dict"]
     for name, m in spiking_layers(snn):
         m.v0 = state[f"{name}.v0"].clone()
         m.shift = state[f"{name}.shift"].clone()
     snn.load_state_dict(state)
+    if art.get("graph") is not None and art["graph"] != snn.code:
+        warnings.warn(f"load_snn: {art['arch'].get('factory', art['arch'].get('name'))} now "
+                      "traces to a different graph than the saved one; check the factory",
+                      stacklevel=2)
     return snn.eval()
 
 

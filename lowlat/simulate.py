@@ -60,6 +60,7 @@ class SimStats:
     rmpe: dict[int, dict[str, int]] = field(default_factory=dict)  # T -> layer -> count
     ops: dict[int, float] = field(default_factory=dict)  # T -> synaptic ops (all samples)
     first_ops: dict[int, float] = field(default_factory=dict)  # T -> first-layer MACs
+    layer_ops: dict[int, dict[str, float]] = field(default_factory=dict)  # T -> layer -> ops
 
     def accuracy(self) -> dict[int, float]:
         return {T: self.correct[T] / max(1, self.n) for T in self.timesteps}
@@ -89,6 +90,7 @@ class _OpCounter:
         self.total = 0.0
         self.first = 0.0
         self.first_name: str | None = None
+        self.per_layer: dict[str, float] = {}  # layer -> operations (all samples)
         self.steps = 1  # time steps in the current chunk
         self.batch = 1  # samples in the current batch
         self.handles = []
@@ -102,9 +104,12 @@ class _OpCounter:
             if self.first_name is None:
                 self.first_name = name
             if name == self.first_name:  # analog input: one MAC per input value and step
-                self.first += x[0].numel() * per_input * self.steps * self.batch
+                ops = x[0].numel() * per_input * self.steps * self.batch
+                self.first += ops
             else:
-                self.total += float(torch.count_nonzero(x)) * per_input
+                ops = float(torch.count_nonzero(x)) * per_input
+                self.total += ops
+            self.per_layer[name] = self.per_layer.get(name, 0.0) + ops
         return fn
 
     def remove(self) -> None:
@@ -150,6 +155,7 @@ def evaluate_snn(
         res.rmpe[T] = {n: 0 for n, _ in layers}
         res.ops[T] = 0.0
         res.first_ops[T] = 0.0
+        res.layer_ops[T] = {}
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
         x, y = transform(x.to(device)), y.to(device)
         b = x.shape[0]
@@ -181,8 +187,11 @@ def evaluate_snn(
                     if counter is not None:
                         res.ops[t] += counter.total
                         res.first_ops[t] += counter.first
+                        for name, ops in counter.per_layer.items():
+                            res.layer_ops[t][name] = res.layer_ops[t].get(name, 0.0) + ops
         if counter is not None:
             counter.total = counter.first = 0.0
+            counter.per_layer.clear()
         res.n += b
     if counter is not None:
         counter.remove()

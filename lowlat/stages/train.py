@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 
 import hydra
@@ -11,7 +10,7 @@ from torch import nn
 
 from lowlat.activations import QCActivation, RateNorm
 from lowlat.artifacts import ANN, QCANN, RATENORM, load_artifact, load_network, save_artifact
-from lowlat.convert import _set_module, activation_stats
+from lowlat.convert import activation_stats, swap_activations
 from lowlat.lit import BestWeights, Classifier, evaluate, first_nonfinite
 from lowlat.models import create_model
 from lowlat.stages.common import Context, calibration_images, finish_loggers, log, transform_eval
@@ -61,15 +60,6 @@ def run_ann(ctx: Context) -> dict:
                   ctx.config_dict(), ctx.fp("data", "model", "ann", "seed"))
     log.info("ANN validation top-1 %.4f -> %s", metrics["val_top1"], ctx.run_dir / ANN)
     return metrics
-
-
-def swap_activations(ann: nn.Module, make) -> nn.Module:
-    """Deep-copy ``ann`` and replace every ReLU ``name`` by ``make(name)``."""
-    model = copy.deepcopy(ann)
-    for name, m in list(model.named_modules()):
-        if isinstance(m, nn.ReLU):
-            _set_module(model, name, make(name))
-    return model
 
 
 def phase1_artifact_name(activation: str) -> str:

@@ -1,0 +1,336 @@
+"""Bring your own model: the whole conversion path as plain Python calls, no Hydra.
+
+``prepare`` (QC activations at every ReLU/ReLU6/``F.relu`` call site, λ from activation statistics,
+optionally max→average pooling) → ``fine_tune`` (Lightning, or the user's own loop) → ``convert``
+→ ``calibrate`` (LMPC + LWC) → ``evaluate`` → ``save_snn`` / ``load_snn``. :class:`Converter` does
+prepare + convert + calibrate in one call, in the spirit of SpikingJelly's
+``Converter(dataloader, mode=...)(model)``.
+
+Data arguments take a tensor of images, or any iterable (a ``DataLoader``) of ``(x, y)`` batches
+or of image batches; images are in the network's input space unless ``mean``/``std`` are given, in
+which case the :class:`SpikingNetwork` normalises its raw input (and records it in the artifact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from lowlat.activations import QCActivation
+from lowlat.artifacts import fingerprint, import_factory, load_artifact, save_artifact
+from lowlat.calibrate import CalibConfig
+from lowlat.calibrate import calibrate as _calibrate
+from lowlat.convert import (
+    activation_sites,
+    activation_stats,
+    replace_max_pooling,
+    swap_activations,
+    trace,
+)
+from lowlat.methods import convert_qcann, convert_relu_ann
+from lowlat.methods import load_snn as _rebuild
+from lowlat.neurons import configure, reset_states, spiking_layers
+from lowlat.simulate import (
+    _fan_out,
+    _OpCounter,
+    evaluate_snn,
+    layer_macs,
+    model_without_state,
+    run_snn,
+)
+
+Data = Tensor | Iterable
+CALIBRATED = {"lmpc": (True, False), "lwc": (False, True), "lmpc+lwc": (True, True)}
+
+
+def _inputs(data: Data, batch_size: int = 256) -> Iterator[Tensor]:
+    """Image batches from a tensor or an iterable of ``(x, y)`` / ``x`` batches."""
+    if isinstance(data, Tensor):
+        yield from data.split(batch_size)
+        return
+    for b in data:
+        yield b[0] if isinstance(b, list | tuple) else b
+
+
+def gather(data: Data, n: int | None = None) -> Tensor:
+    """At most ``n`` images of ``data`` as one tensor ``[N, ...]`` (calibration wants a tensor)."""
+    out, have = [], 0
+    for x in _inputs(data):
+        out.append(x)
+        have += x.shape[0]
+        if n is not None and have >= n:
+            break
+    if not out:
+        raise ValueError("gather: no images in the data")
+    return torch.cat(out)[:n]
+
+
+def _normalizer(mean, std) -> Callable[[Tensor], Tensor]:
+    if mean is None and std is None:
+        return lambda x: x
+    m = torch.as_tensor(mean if mean is not None else 0.0, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.as_tensor(std if std is not None else 1.0, dtype=torch.float32).view(1, -1, 1, 1)
+    return lambda x: (x.float() - m.to(x.device)) / s.to(x.device)
+
+
+def prepare(
+    model: nn.Module, data: Data | None = None, *, levels: int = 8, shift: float = 0.0,
+    pool: str = "keep", init: str | float = "percentile", percentile: float = 99.9,
+    max_batches: int | None = None, mean=None, std=None,
+) -> nn.Module:
+    """The QC-ANN of ``model`` (a copy): every ReLU/ReLU6 call site becomes a
+    :class:`QCActivation` with λ from its activation statistics on ``data`` (``init`` =
+    ``percentile`` or ``max``; a number sets λ directly). ReLU6 caps λ at 6 (it clips there).
+    ``pool='avg'`` first replaces max pooling by average pooling of the same window.
+    """
+    if pool not in ("keep", "avg"):
+        raise ValueError(f"prepare: pool must be 'keep' or 'avg', got {pool!r}")
+    model = replace_max_pooling(model) if pool == "avg" else model
+    sites = activation_sites(model)
+    stats = None
+    if not isinstance(init, int | float):
+        if init not in ("percentile", "max"):
+            raise ValueError(f"prepare: init must be 'percentile', 'max' or a number, got {init!r}")
+        if data is None:
+            raise ValueError("prepare: give data to initialise λ from statistics, or init=<λ>")
+        norm = _normalizer(mean, std)
+        xs = (norm(x) for i, x in enumerate(_inputs(data))
+              if max_batches is None or i < max_batches)
+        stats = activation_stats(model, xs, percentile=percentile)
+
+    def make(name: str) -> QCActivation:
+        lam = float(init) if stats is None else stats[name][init]
+        if isinstance(sites[name], nn.ReLU6):
+            lam = min(lam, 6.0)
+        return QCActivation(levels, shift, init_lambda=max(lam, 1e-3))
+
+    return swap_activations(model, make)
+
+
+def fine_tune(qcann: nn.Module, train: Iterable, val: Iterable | None = None, *,
+              num_classes: int, epochs: int = 1, lr: float = 1e-3, threshold_lr: float = 1e-2,
+              weight_decay: float = 5e-4, **trainer_kwargs: Any) -> nn.Module:
+    """Fine-tune the QC-ANN with lowlat's Lightning :class:`~lowlat.lit.Classifier` (SGD,
+    cosine decay, λ in its own parameter group). Any training loop works instead: the QC-ANN is
+    a plain ``nn.Module``."""
+    import lightning as L
+
+    from lowlat.lit import Classifier
+
+    lit = Classifier(qcann, num_classes, lr=lr, epochs=epochs, weight_decay=weight_decay,
+                     threshold_lr=threshold_lr)
+    kw = dict(max_epochs=epochs, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, accelerator="auto")
+    L.Trainer(**{**kw, **trainer_kwargs}).fit(lit, train, val)
+    return lit.model.eval()
+
+
+class SpikingNetwork(nn.Module):
+    """A converted SNN with its own time loop.
+
+    ``snn(x)`` runs T steps on the time-folded batch from a fresh state and returns the output
+    averaged over time ``[B, classes]`` (comparable to the ANN's); ``run`` returns every step
+    ``[T, B, classes]``; ``step(x)`` advances one time step and keeps the membrane state until
+    ``reset()`` (SpikingJelly's ``reset_net``), with the same spikes as ``run``.
+    ``net`` is the fx graph of IF neurons (the engine used by :mod:`lowlat.simulate`).
+    """
+
+    def __init__(self, net: fx.GraphModule, T: int, mean=None, std=None,
+                 method: str = "") -> None:
+        super().__init__()
+        self.net, self.T, self.method = net, int(T), method
+        self.mean = None if mean is None else [float(v) for v in torch.as_tensor(mean).flatten()]
+        self.std = None if std is None else [float(v) for v in torch.as_tensor(std).flatten()]
+        self.normalize = _normalizer(self.mean, self.std)
+        self._batch: int | None = None  # batch of the step-by-step sequence under way
+
+    def run(self, x: Tensor, T: int | None = None, chunk: int | None = None) -> Tensor:
+        """``[T, B, classes]`` from a fresh state; ``chunk`` steps per call (default all)."""
+        self._batch = None
+        return run_snn(self.net, self.normalize(x), T or self.T, chunk)
+
+    def forward(self, x: Tensor, T: int | None = None) -> Tensor:
+        return self.run(x, T).mean(0)
+
+    def reset(self) -> None:
+        reset_states(self.net)
+        self._batch = None
+
+    @torch.no_grad()
+    def step(self, x: Tensor, record: bool = False) -> Tensor:
+        """One time step ``[B, classes]``, continuing from the state of the previous step
+        (``record``: neurons accumulate ``spike_count`` since the reset)."""
+        b = x.shape[0]
+        if self._batch is None:
+            reset_states(self.net)
+            self._batch = b
+        elif b != self._batch:
+            raise RuntimeError(f"step: a batch of {b} inside a sequence of batch {self._batch}; "
+                               "call reset() before a new input")
+        configure(self.net, steps=1, batch=b, record=record)
+        return self.net(self.normalize(x))
+
+    @torch.no_grad()
+    def record(self, x: Tensor, T: int | None = None) -> Recording:
+        """Run T steps and return per-layer spike counts, v(T) and synaptic operations."""
+        T = T or self.T
+        xs = self.normalize(x)
+        macs = layer_macs(model_without_state(self.net), xs)
+        counter = _OpCounter(self.net, _fan_out(self.net, xs, macs))
+        counter.steps, counter.batch = T, x.shape[0]
+        try:
+            self._batch = None
+            out = run_snn(self.net, xs, T, record=True)
+        finally:
+            counter.remove()
+            configure(self.net, steps=1, batch=None, record=False)
+        layers = spiking_layers(self.net)
+        return Recording(
+            output=out, T=T,
+            spikes={n: m.spike_count.clone() for n, m in layers},
+            v=({n: m.v.clone() for n, m in layers}),
+            ops=dict(counter.per_layer))
+
+
+@dataclass
+class Recording:
+    """Per-layer statistics of one run (SpikingJelly's monitors): ``spikes`` and ``v`` per neuron
+    site ``[B, ...]`` (spike count over T, membrane potential after step T); ``ops`` per
+    conv/linear layer: synaptic operations over the batch and T steps (nonzero inputs × fan-out;
+    the first layer, fed the analog image, counts its MACs)."""
+
+    output: Tensor  # [T, B, classes]
+    T: int
+    spikes: dict[str, Tensor]
+    v: dict[str, Tensor]
+    ops: dict[str, float]
+
+    def firing_rates(self) -> dict[str, float]:
+        """Spikes per neuron per time step, per layer."""
+        return {n: float(s.sum()) / (s.numel() * self.T) for n, s in self.spikes.items()}
+
+
+def convert(model: nn.Module, method: str = "opti", T: int = 4, data: Data | None = None, *,
+            mean=None, std=None, percentile: float = 99.9) -> SpikingNetwork:
+    """The SNN of a QC-ANN (``phase1``, ``opti``, ``opt``, ``unbiased``; the calibrated methods
+    start from ``opti``) or of a ReLU ANN (``maxnorm``/``robustnorm``: θ from statistics on
+    ``data``)."""
+    if method in ("maxnorm", "robustnorm"):
+        if data is None:
+            raise ValueError(f"convert: {method} needs data for the activation statistics")
+        norm = _normalizer(mean, std)
+        stats = activation_stats(model, (norm(x) for x in _inputs(data)), percentile=percentile)
+        net = convert_relu_ann(trace(model), stats, method)
+    else:
+        base = "opti" if method in CALIBRATED else method
+        net = convert_qcann(trace(model), base, T)
+    return SpikingNetwork(net, T, mean, std, method)
+
+
+def calibrate(snn: SpikingNetwork, qcann: nn.Module, data: Data, *, n_images: int = 256,
+              method: str | None = None, progress: bool = False, **config: Any) -> list[dict]:
+    """LMPC and/or LWC of ``snn`` in place at its T against the QC-ANN, layer by layer, on at
+    most ``n_images`` of ``data``; ``method`` defaults to the one given to :func:`convert`
+    (else ``lmpc+lwc``); ``config`` overrides :class:`~lowlat.calibrate.CalibConfig`.
+    Returns the per-layer MSE reports."""
+    method = method or (snn.method if snn.method in CALIBRATED else "lmpc+lwc")
+    if method not in CALIBRATED:
+        raise ValueError(f"calibrate: method must be one of {', '.join(CALIBRATED)}")
+    lmpc, lwc = CALIBRATED[method]
+    cfg = CalibConfig(T=snn.T, lmpc=lmpc, lwc=lwc, **config)
+    xs = snn.normalize(gather(data, n_images))
+    reports = _calibrate(snn.net, trace(qcann), xs, cfg, progress=progress)
+    reset_states(snn.net)
+    snn.method = method
+    return reports
+
+
+def evaluate(snn: SpikingNetwork, data: Iterable, timesteps: Iterable[int] | None = None,
+             max_chunk: int = 16) -> dict[int, float]:
+    """Top-1 accuracy at every T in ``timesteps`` (default: the SNN's T) from one run."""
+    ts = sorted(set(timesteps or [snn.T]))
+    st = evaluate_snn(snn.net, data, ts, transform=snn.normalize, max_chunk=max_chunk,
+                      stats=False, progress=False)
+    return st.accuracy()
+
+
+def _factory_path(factory: str | Callable) -> str:
+    path = factory if isinstance(factory, str) else f"{factory.__module__}:{factory.__qualname__}"
+    mod, _, name = path.partition(":")
+    if not name or "<locals>" in name or mod == "__main__":
+        raise ValueError(f"save_snn: factory {path!r} is not importable; give a module-level "
+                         "function as 'package.module:function'")
+    import_factory(path)  # fails now rather than at load time
+    return path
+
+
+def save_snn(path: str | Path, snn: SpikingNetwork, factory: str | Callable,
+             kwargs: dict | None = None, metrics: dict | None = None) -> None:
+    """Write ``snn`` as a ``weights_only`` artifact that :func:`load_snn` rebuilds.
+
+    ``factory`` builds the user's original ANN from ``kwargs`` (JSON-able): an importable
+    ``'module:function'`` or a module-level function; a name of :mod:`lowlat.models`' registry
+    also works. The artifact stores the fx graph code (checked on load), T, the preprocessing
+    and, in the state dict, every neuron's θ, v(0) and shift.
+    """
+    kwargs = dict(kwargs or {})
+    qc = [m for m in snn.net.modules() if isinstance(m, QCActivation)]
+    if qc:
+        raise ValueError("save_snn: the network still holds QC activations; convert it first")
+    from lowlat.models.registry import list_models
+
+    if isinstance(factory, str) and ":" not in factory and factory in list_models():
+        arch = {"name": factory, "num_classes": kwargs.pop("num_classes", 10),
+                "in_channels": kwargs.pop("in_channels", 3), "kwargs": kwargs}
+    else:
+        arch = {"factory": _factory_path(factory), "kwargs": kwargs}
+    act = {"name": "qc", "kwargs": {}}
+    save_artifact(path, "snn", snn.net, arch, act, metrics or {}, {},
+                  fingerprint([arch, snn.net.code]), T=snn.T, method=snn.method,
+                  graph=snn.net.code,
+                  preprocess={"mean": snn.mean, "std": snn.std})
+
+
+def load_snn(path: str | Path) -> SpikingNetwork:
+    """The :class:`SpikingNetwork` saved by :func:`save_snn` (``torch.load(weights_only=True)``)."""
+    art = load_artifact(path, "snn")
+    net = _rebuild(art)
+    pre = art.get("preprocess") or {}
+    return SpikingNetwork(net, int(art.get("T") or 1), pre.get("mean"), pre.get("std"),
+                          art.get("method", ""))
+
+
+class Converter:
+    """``Converter(data, T=4, method='lmpc+lwc')(model)``: prepare, optional fine-tuning
+    (``fine_tune(qcann) -> qcann``), convert and calibrate in one call. The QC-ANN stays
+    available as ``converter.qcann`` (the calibration reference)."""
+
+    def __init__(self, data: Data, T: int = 4, method: str = "lmpc+lwc", *, levels: int = 8,
+                 shift: float = 0.0, pool: str = "keep", n_images: int = 256,
+                 fine_tune: Callable[[nn.Module], nn.Module] | None = None,
+                 mean=None, std=None, **calib: Any) -> None:
+        self.data, self.T, self.method = data, T, method
+        self.levels, self.shift, self.pool, self.n_images = levels, shift, pool, n_images
+        self.fine_tune, self.mean, self.std, self.calib = fine_tune, mean, std, calib
+        self.qcann: nn.Module | None = None
+
+    def __call__(self, model: nn.Module) -> SpikingNetwork:
+        qc = prepare(model, self.data, levels=self.levels, shift=self.shift, pool=self.pool,
+                     mean=self.mean, std=self.std)
+        if self.fine_tune is not None:
+            qc = self.fine_tune(qc)
+        self.qcann = qc.eval()
+        snn = convert(qc, self.method, self.T, mean=self.mean, std=self.std)
+        if self.method in CALIBRATED:
+            calibrate(snn, qc, self.data, n_images=self.n_images, method=self.method,
+                      **self.calib)
+        return snn
+
+
+__all__ = ["Converter", "Recording", "SpikingNetwork", "calibrate", "convert",
+           "evaluate", "fine_tune", "gather", "load_snn", "prepare", "save_snn"]

@@ -1,0 +1,322 @@
+"""Tracing and graph checks for conversion: one IF neuron per activation call site.
+
+:func:`trace` returns an fx graph in which every activation *call site* is its own module
+(a module called twice, like torchvision's ``BasicBlock.relu``, is split into copies; ``F.relu``,
+``torch.relu``, ``x.relu()`` and ``F.relu6`` become ``nn.ReLU``/``nn.ReLU6`` modules), so each site
+gets its own neuron and its own membrane state. :func:`check_convertible` walks the graph once,
+tracking which values are static (computed from the image before the first neuron, ``[B, ...]``)
+and which are time-folded spikes (``[k·B, ...]``); it refuses, by node and source line, what the
+simulator cannot run faithfully, and rewrites the two patterns it can make valid: a reshape to the
+batch size taken elsewhere (``x.view(b, -1)``) and a static value added to spikes (a skip
+connection taken before the first neuron).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from lowlat.activations import ACTIVATIONS
+from lowlat.neurons import IFNeuron
+
+# Layers that act on each time step independently and linearly (or are pure reshapes), so they
+# can run on the time-folded batch of spikes unchanged.
+STATELESS = (
+    nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d,
+)
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+MAX_POOL_HINT = (
+    "max pooling of spike trains is not rate-preserving; replace it by average pooling "
+    "(lowlat.convert.replace_max_pooling(model), or lowlat.api.prepare(model, pool='avg'), "
+    "then fine-tune)"
+)
+ACT_FUNCTIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, torch.relu_: nn.ReLU, F.relu6: nn.ReLU6}
+ACT_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU}
+LINEAR_FUNCTIONS = {  # per-sample linear ops that take one signal and act on dims >= 1
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d, F.dropout,
+}
+ADDS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
+SCALES = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
+SUPPORTED = (
+    "conv/linear/BatchNorm/average pooling/flatten/dropout modules, ReLU, ReLU6 and lowlat's "
+    "activations (as modules or F.relu/F.relu6), add/sub, cat(dim>=1), mean/sum(dim>=1), scaling "
+    "by a constant, flatten(start_dim>=1), view/reshape(x.size(0), ...)"
+)
+STATIC, TIMED, META, BATCH, CONST = "static", "timed", "meta", "batch", "const"
+
+
+class ConversionError(ValueError):
+    """A graph node the SNN simulator cannot run faithfully (message names it and the fix)."""
+
+
+class _LeafActTracer(fx.Tracer):
+    """Keeps activations and neurons as single graph nodes so they can be swapped by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True  # source lines for error messages
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (isinstance(m, (*ACTIVATIONS, IFNeuron))
+                or type(m).__module__.startswith("onnx2torch")  # refused by name, not traced
+                or super().is_leaf_module(m, qualname))
+
+
+def _user_frame(tb) -> str:
+    """``file:line`` of the innermost traceback frame outside torch (the user's forward)."""
+    where = ""
+    while tb is not None:
+        f = tb.tb_frame.f_code.co_filename
+        if "/torch/" not in f and "/lowlat/graph.py" not in f:
+            where = f"{f}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+def _free_name(root: nn.Module, base: str) -> str:
+    name, i = base, 1
+    while True:
+        try:
+            root.get_submodule(name)
+        except AttributeError:
+            return name
+        name, i = f"{base}_{i}", i + 1
+
+
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """fx-trace ``model`` with one activation module per call site (modules shared with it).
+
+    Copies made for the second and later calls of a shared module are named ``<name>_1``, ...;
+    functional activations become modules named after their graph node.
+    """
+    tracer = _LeafActTracer()
+    try:
+        graph = tracer.trace(model)
+    except fx.proxy.TraceError as e:
+        where = _user_frame(e.__traceback__)
+        raise ConversionError(
+            f"cannot trace {type(model).__name__}{' at ' + where if where else ''}: {e}. "
+            "The forward pass branches or loops on tensor values, which a converted SNN cannot "
+            "follow; make the branch depend on constructor arguments only (or move it out of "
+            "forward)") from e
+    if isinstance(model, fx.GraphModule):  # keep the user's source lines, not generated code
+        lines = {n.name: n.stack_trace for n in model.graph.nodes if n.stack_trace}
+        for node in graph.nodes:
+            if node.name in lines and "<eval_with_key>" in (node.stack_trace or ""):
+                node.stack_trace = lines[node.name]
+    gm = fx.GraphModule(model, graph, model.__class__.__name__)
+    seen: set[str] = set()
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ACTIVATIONS):
+            if node.target in seen:  # a second call site: its own copy
+                name = _free_name(gm, node.target)
+                set_module(gm, name, copy.deepcopy(gm.get_submodule(node.target)))
+                node.target = name
+            seen.add(node.target)
+        elif (node.op == "call_function" and node.target in ACT_FUNCTIONS) or (
+                node.op == "call_method" and node.target in ACT_METHODS):
+            kind = (ACT_FUNCTIONS if node.op == "call_function" else ACT_METHODS)[node.target]
+            name = _free_name(gm, node.name)
+            set_module(gm, name, kind())
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(name, (node.args[0],))
+            new.meta, new.stack_trace = node.meta, node.stack_trace
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            seen.add(name)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def time_broadcast(x: Tensor, like: Tensor) -> Tensor:
+    """A static ``[B, ...]`` value repeated for each step of time-folded ``like`` ``[k·B, ...]``."""
+    if x.shape[0] == like.shape[0]:
+        return x
+    k = like.shape[0] // x.shape[0]
+    return x.unsqueeze(0).expand(k, *x.shape).flatten(0, 1)  # [k, B, ...] -> [k·B, ...]
+
+
+def _where(node: fx.Node) -> str:
+    """`` (file:line: code)`` of the source line that created ``node``, when fx recorded it."""
+    lines = [ln.strip() for ln in (node.stack_trace or "").strip().splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("File ") and "/torch/" not in lines[i]:
+            code = lines[i + 1] if i + 1 < len(lines) else ""
+            return f" ({lines[i]}: {code})"
+    return ""
+
+
+def _fname(target) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def _refuse(node: fx.Node, what: str, fix: str) -> ConversionError:
+    return ConversionError(f"graph node {node.name!r}{_where(node)} {what}; {fix}")
+
+
+def _arg(node: fx.Node, i: int, key: str, default=None):
+    """Argument ``i`` (counting ``self`` for methods) or keyword ``key``."""
+    return node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
+
+
+def _dims(d) -> list[int]:
+    return [d] if isinstance(d, int) else list(d)
+
+
+def check_convertible(gm: fx.GraphModule) -> None:
+    """Raise :class:`ConversionError` naming the first node the SNN simulator cannot run
+    faithfully, and rewrite in place the batch-size reshapes and static + spike additions it can
+    make valid on the time-folded batch."""
+    modules = dict(gm.named_modules())
+    kind: dict[fx.Node, str] = {}
+    g = gm.graph
+
+    def k(a) -> str:
+        return kind.get(a, CONST) if isinstance(a, fx.Node) else CONST
+
+    for node in list(g.nodes):
+        if node.op == "placeholder":
+            kind[node] = STATIC
+            continue
+        if node.op == "get_attr":
+            kind[node] = CONST
+            continue
+        if node.op == "output":
+            continue
+        inputs = node.all_input_nodes
+        if node.op == "call_function" and node.target is getattr:
+            kind[node] = META
+            continue
+        is_view = (node.op == "call_method" and node.target in ("view", "reshape")) or (
+            node.op == "call_function" and node.target is torch.reshape)
+        if not is_view:
+            for a in inputs:
+                if kind.get(a) == BATCH:
+                    raise _refuse(node, f"uses the batch size (from {a.name!r}) in "
+                                  f"{_fname(node.target)}",
+                                  "the simulator folds time into the batch ([T·B, ...]), so only "
+                                  "view/reshape(x.size(0), ...) may use it; use x.flatten(1)")
+        tensors = [a for a in inputs if kind.get(a) in (STATIC, TIMED)]
+        out = TIMED if any(kind[a] == TIMED for a in tensors) else (
+            STATIC if tensors else CONST)
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, MAX_POOLS):
+                raise _refuse(node, f"is layer {node.target!r} ({type(m).__name__})",
+                              MAX_POOL_HINT)
+            if isinstance(m, (*ACTIVATIONS, IFNeuron)):
+                kind[node] = TIMED
+                continue
+            if not isinstance(m, STATELESS):
+                raise _refuse(node, f"is layer {node.target!r} ({type(m).__name__}), which the "
+                              "SNN converter does not support", f"supported: {SUPPORTED}")
+            if isinstance(m, nn.Flatten) and m.start_dim == 0:
+                raise _refuse(node, f"is {node.target!r}, nn.Flatten(start_dim=0), which mixes "
+                              "samples", "use nn.Flatten() (start_dim=1)")
+            kind[node] = out
+            continue
+        t = node.target
+        fn = node.op == "call_function"
+        name = _fname(t)
+        if (node.op == "call_method" and t == "size") or (fn and t is operator.getitem
+                                                           and k(node.args[0]) == META):
+            idx = _arg(node, 1, "dim")
+            kind[node] = BATCH if idx == 0 else META
+            continue
+        if node.op == "call_method" and t in ("dim", "contiguous", "clone", "detach"):
+            kind[node] = META if t == "dim" else out
+            continue
+        if is_view:
+            shape = list(node.args[1:]) if node.op == "call_method" else [node.args[1]]
+            if len(shape) == 1 and isinstance(shape[0], list | tuple):
+                shape = list(shape[0])
+            lead = shape[0] if shape else None
+            if isinstance(lead, fx.Node) and kind.get(lead) == BATCH:
+                with g.inserting_before(node):  # the reshaped tensor's own leading dim
+                    own = g.call_method("size", (node.args[0], 0))
+                kind[own] = BATCH
+                node.replace_input_with(lead, own)  # also inside a shape tuple
+            elif lead != -1:
+                raise _refuse(node, f"reshapes to a leading dimension {lead!r}",
+                              "on the time-folded batch [T·B, ...] the leading dimension must be "
+                              "-1 or x.size(0); use x.flatten(1) or x.view(x.size(0), ...)")
+            kind[node] = k(node.args[0])
+            continue
+        if fn and t is operator.getitem:
+            idx = node.args[1]
+            first = idx[0] if isinstance(idx, tuple) and idx else idx
+            if not (first is Ellipsis or first == slice(None)):
+                raise _refuse(node, f"indexes the batch dimension with {idx!r}",
+                              "index only dimensions >= 1 (x[:, ...])")
+            kind[node] = out
+            continue
+        if (fn and t in ADDS) or (node.op == "call_method" and t in ("add", "add_", "sub",
+                                                                     "sub_")):
+            _broadcast_static(g, node, tensors, kind)
+            kind[node] = out
+            continue
+        if (fn and t is torch.cat) or (node.op == "call_method" and t == "cat"):
+            if _arg(node, 1, "dim", 0) == 0:
+                raise _refuse(node, "concatenates along the batch dimension",
+                              "concatenate along dim >= 1")
+            _broadcast_static(g, node, tensors, kind)
+            kind[node] = out
+            continue
+        if (fn and t in SCALES) or (node.op == "call_method" and t in ("mul", "div",
+                                                                       "mul_", "div_")):
+            if len(tensors) > 1:
+                raise _refuse(node, f"multiplies two signals ({name})", "a product of spike "
+                              "trains is not the product of their rates; scale by a constant")
+            if (fn and t in (operator.truediv, operator.itruediv, torch.div)) or t in (
+                    "div", "div_"):
+                if k(node.args[1]) in (STATIC, TIMED):
+                    raise _refuse(node, "divides by a signal", "divide by a constant")
+            kind[node] = out
+            continue
+        if (fn and t in (torch.mean, torch.sum, torch.flatten)) or (
+                node.op == "call_method" and t in ("mean", "sum", "flatten")):
+            d = _arg(node, 1, "start_dim" if name == "flatten" else "dim",
+                     0 if name == "flatten" else None)
+            if d is None or 0 in _dims(d):
+                raise _refuse(node, f"calls {name} over the batch dimension (dim {d})",
+                              "reduce or flatten dimensions >= 1 only (e.g. x.mean((2, 3)), "
+                              "torch.flatten(x, 1))")
+            kind[node] = out
+            continue
+        if fn and t in LINEAR_FUNCTIONS:
+            kind[node] = out
+            continue
+        if fn and t in (F.max_pool1d, F.max_pool2d, F.adaptive_max_pool2d):
+            raise _refuse(node, f"calls {name}", "max pooling of spike trains is not "
+                          "rate-preserving; use F.avg_pool2d or nn.AvgPool2d and fine-tune")
+        raise _refuse(node, f"calls {name}, which the SNN converter does not support",
+                      f"supported: {SUPPORTED}")
+    g.eliminate_dead_code()
+    g.lint()
+    gm.recompile()
+
+
+def _broadcast_static(g: fx.Graph, node: fx.Node, tensors: list[fx.Node],
+                      kind: dict[fx.Node, str]) -> None:
+    """Repeat each static input of a node that also takes spikes once per time step."""
+    timed = [a for a in tensors if kind[a] == TIMED]
+    if not timed:
+        return
+    for a in tensors:
+        if kind[a] == STATIC:
+            with g.inserting_before(node):
+                rep = g.call_function(time_broadcast, (a, timed[0]))
+            kind[rep] = TIMED
+            node.replace_input_with(a, rep)

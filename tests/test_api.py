@@ -1,0 +1,186 @@
+"""The Hydra-free API on users' models: torchvision networks converted, calibrated at T = 4 and
+checked against the per-site reference; step-by-step vs time-folded runs; save/load; recording."""
+
+import pytest
+import torch
+from torch import nn
+
+from lowlat import api
+from lowlat.activations import QCActivation
+from lowlat.artifacts import load_artifact
+from lowlat.methods import load_snn as load_registered
+from lowlat.models import create_model
+from lowlat.neurons import configure, spiking_layers
+from tests.snn_reference import PerSiteReference, activation_call_sites
+
+tv = pytest.importorskip("torchvision")
+T = 4
+
+
+def small_vgg11_bn(num_classes: int = 10) -> nn.Module:
+    """torchvision's vgg11_bn features with a CIFAR-size classifier (512 -> 64 -> classes)."""
+    m = tv.models.vgg11_bn(weights=None, num_classes=num_classes)
+    m.avgpool = nn.AdaptiveAvgPool2d(1)
+    m.classifier = nn.Sequential(nn.Linear(512, 64), nn.ReLU(True), nn.Dropout(),
+                                 nn.Linear(64, num_classes))
+    return m
+
+
+def tiny_net(width: int = 4, num_classes: int = 3) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(width * 4 * 4, num_classes))
+
+
+TORCHVISION = {
+    "resnet18": (lambda: tv.models.resnet18(weights=None, num_classes=10), 16),
+    "vgg11_bn": (small_vgg11_bn, 32),
+    "mobilenet_v2": (lambda: tv.models.mobilenet_v2(weights=None, num_classes=10,
+                                                    width_mult=0.25), 16),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_torchvision_models_convert_and_calibrate(name):
+    make, hw = TORCHVISION[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    xs = torch.rand(2, 3, hw, hw)  # few images: every layer is calibrated, 4 passes each
+    qc = api.prepare(model, xs, pool="avg")
+    snn = api.convert(qc, "lmpc", T=T)
+    assert len(spiking_layers(snn.net)) == activation_call_sites(model)
+    reports = api.calibrate(snn, qc, xs)
+    assert sum(r["mse_end"] for r in reports) < sum(r["mse_start"] for r in reports)
+    ref = PerSiteReference(snn.net).simulate(xs, T)
+    assert torch.allclose(snn.run(xs), ref, atol=1e-5)
+    assert torch.allclose(snn(xs), ref.mean(0), atol=1e-5)
+
+
+def test_relu6_lambda_capped_and_maxpool_replaced():
+    m = tv.models.mobilenet_v2(weights=None, num_classes=10, width_mult=0.25).eval()
+    qc = api.prepare(m, init=100.0)
+    assert all(float(a.threshold) == 6.0 for a in qc.modules() if isinstance(a, QCActivation))
+    qc = api.prepare(tiny_net(), torch.rand(4, 3, 8, 8), pool="avg")
+    assert not any(isinstance(a, nn.MaxPool2d) for a in qc.modules())
+
+
+@pytest.fixture(scope="module")
+def tiny_snn():
+    torch.manual_seed(0)
+    xs = torch.rand(16, 3, 8, 8)
+    snn = api.Converter(xs, T=T, method="lmpc+lwc", pool="avg", iterations=3, batch_size=8,
+                        mean=[0.5] * 3, std=[0.25] * 3)(tiny_net())
+    return snn, xs
+
+
+def test_step_by_step_equals_time_folded_and_plain_call_is_stateless(tiny_snn):
+    snn, xs = tiny_snn
+    x = xs[:5]
+    folded = snn.run(x)
+    rec = snn.record(x)
+    snn.reset()
+    steps = torch.stack([snn.step(x, record=True) for _ in range(T)])
+    for name, m in spiking_layers(snn.net):  # identical spikes; outputs to matmul rounding
+        assert torch.equal(m.spike_count, rec.spikes[name])
+    assert torch.allclose(steps, folded, atol=1e-6)
+    with pytest.raises(RuntimeError, match="reset"):
+        snn.step(xs[:2])
+    configure(snn.net, steps=3, batch=7)  # state left by someone else
+    assert torch.allclose(snn(x), folded.mean(0), atol=1e-6)
+    assert torch.allclose(snn(xs[:2]), folded[:, :2].mean(0), atol=1e-6)  # another batch
+
+
+def test_recording_matches_reference(tiny_snn):
+    snn, xs = tiny_snn
+    rec = snn.record(xs[:3])
+    ref = PerSiteReference(snn.net)
+    out = ref.simulate(snn.normalize(xs[:3]), T)
+    assert torch.allclose(rec.output, out, atol=1e-5)
+    for node, counts in ref.counts.items():
+        assert torch.equal(rec.spikes[ref.site[node]], counts)
+        assert torch.allclose(rec.v[ref.site[node]], ref.v[node], atol=1e-5)
+    first, second = snn.net.get_submodule("0"), snn.net.get_submodule("4")
+    fc = snn.net.get_submodule("7")
+    # analog input: every MAC of the first conv at every step; then nonzero inputs x fan-out
+    macs = first.out_channels * 8 * 8 * first.in_channels * 9
+    assert rec.ops["0"] == macs * T * 3
+    assert rec.ops["7"] == float(rec.spikes["5"].sum()) * fc.out_features
+    assert rec.ops["4"] > 0 and second.out_channels
+    rates = rec.firing_rates()
+    assert rates["2"] == pytest.approx(float(rec.spikes["2"].sum()) / rec.spikes["2"].numel() / T)
+
+
+def test_save_load_user_factory(tiny_snn, tmp_path):
+    snn, xs = tiny_snn
+    api.save_snn(tmp_path / "snn.pt", snn, tiny_net, {"width": 4})
+    art = torch.load(tmp_path / "snn.pt", weights_only=True)
+    assert art["arch"]["factory"] == "tests.test_api:tiny_net"
+    assert art["preprocess"] == {"mean": [0.5] * 3, "std": [0.25] * 3} and art["T"] == T
+    back = api.load_snn(tmp_path / "snn.pt")
+    assert torch.equal(back.run(xs), snn.run(xs))
+    for (_, a), (_, b) in zip(spiking_layers(back.net), spiking_layers(snn.net), strict=True):
+        assert torch.equal(a.v0, b.v0) and torch.equal(a.theta, b.theta)
+    with pytest.raises(ValueError, match="importable"):
+        api.save_snn(tmp_path / "x.pt", snn, lambda: tiny_net())
+
+
+def test_save_load_torchvision_and_registered(tmp_path):
+    torch.manual_seed(0)
+    xs = torch.rand(4, 3, 16, 16)
+    m = tv.models.resnet18(weights=None, num_classes=10)
+    snn = api.convert(api.prepare(m, xs, pool="avg"), "opti", T=2)
+    api.save_snn(tmp_path / "r.pt", snn, "torchvision.models:resnet18", {"num_classes": 10})
+    assert torch.equal(api.load_snn(tmp_path / "r.pt").run(xs), snn.run(xs))
+    qc = create_model("small_cnn", num_classes=10, act_layer="qc", width=4)
+    snn = api.convert(qc, "unbiased", T=2)
+    api.save_snn(tmp_path / "s.pt", snn, "small_cnn", {"num_classes": 10, "width": 4})
+    xs = torch.rand(2, 3, 32, 32)
+    art = load_artifact(tmp_path / "s.pt", "snn")  # what the eval stage reads
+    assert art["arch"]["name"] == "small_cnn"
+    assert torch.equal(api.SpikingNetwork(load_registered(art), 2).run(xs), snn.run(xs))
+
+
+def test_evaluate_and_fine_tune_with_dataloaders(tiny_snn):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    xs, ys = torch.rand(24, 3, 8, 8), torch.randint(0, 3, (24,))
+    loader = DataLoader(TensorDataset(xs, ys), batch_size=8)
+    qc = api.prepare(tiny_net(), loader, pool="avg")
+    lam = [float(a.lam) for a in qc.modules() if isinstance(a, QCActivation)]
+    qc = api.fine_tune(qc, loader, num_classes=3, epochs=1, lr=0.05, threshold_lr=0.5)
+    assert [float(a.lam) for a in qc.modules() if isinstance(a, QCActivation)] != lam
+    snn = api.convert(qc, "lmpc", T=T)
+    from_loader = api.calibrate(snn, qc, loader, n_images=16)
+    assert [r["mse_end"] for r in from_loader] == pytest.approx(
+        [r["mse_end"] for r in api.calibrate(snn, qc, xs[:16])])  # same 16 images
+    acc = api.evaluate(snn, loader, [2, T])
+    assert acc[T] == pytest.approx(float((snn(xs).argmax(1) == ys).float().mean()))
+    assert acc[2] == pytest.approx(float((snn(xs, T=2).argmax(1) == ys).float().mean()))
+
+
+def test_converter_calls_the_users_fine_tuning():
+    seen = []
+
+    def tune(qc: nn.Module) -> nn.Module:
+        seen.append(sum(isinstance(m, QCActivation) for m in qc.modules()))
+        return qc
+
+    xs = torch.rand(4, 3, 8, 8)
+    conv = api.Converter(xs, T=2, method="opti", pool="avg", fine_tune=tune)
+    snn = conv(tiny_net())
+    assert seen == [2] and len(spiking_layers(snn.net)) == 2 and conv.qcann is not None
+
+
+def test_evaluate_snn_per_layer_ops_add_up(tiny_snn):
+    from lowlat.simulate import evaluate_snn
+
+    snn, xs = tiny_snn
+    ys = torch.zeros(len(xs), dtype=torch.long)
+    st = evaluate_snn(snn.net, [(xs[:8], ys[:8]), (xs[8:], ys[8:])], [2, T],
+                      transform=snn.normalize, progress=False)
+    for t in (2, T):
+        assert sum(st.layer_ops[t].values()) == pytest.approx(st.ops[t] + st.first_ops[t])
+    rec = snn.record(xs)  # one batch, one run: the same per-layer counts at T
+    assert st.layer_ops[T] == pytest.approx(rec.ops)

@@ -1,0 +1,127 @@
+"""Conversion of user graphs: one neuron per activation call site, and refusals that name the
+node, its source line and the fix. Every converted network is checked against the per-site
+reference simulator of ``tests/snn_reference.py``."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowlat.activations import QCActivation
+from lowlat.convert import ConversionError, swap_activations, to_snn
+from lowlat.neurons import spiking_layers
+from lowlat.simulate import run_snn
+from tests.snn_reference import PerSiteReference, activation_call_sites
+
+T = 4
+
+
+def _qc_snn(model: nn.Module, lam: float = 0.6) -> torch.fx.GraphModule:
+    snn = to_snn(swap_activations(model.eval(), lambda _n: QCActivation(4, init_lambda=lam)))
+    for _, m in spiking_layers(snn):
+        m.v0 = m.theta / 2
+    return snn
+
+
+def _check_against_reference(model: nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
+    snn = _qc_snn(model)
+    assert len(spiking_layers(snn)) == activation_call_sites(model)
+    ref = PerSiteReference(snn).simulate(x, T)
+    assert float(ref.abs().sum()) > 0
+    for chunk in (1, 3, T):  # chunking must not change a spike
+        assert torch.allclose(run_snn(snn, x, T, chunk=chunk), ref, atol=1e-5)
+    return snn
+
+
+class SharedReLU(nn.Module):
+    """One ReLU module called at three sites, as torchvision's BasicBlock does (twice)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y = self.relu(self.c1(x))
+        y = self.relu(self.c2(y) + y)
+        return self.fc(self.relu(y).mean((2, 3)))
+
+
+class Functional(nn.Module):
+    """F.relu, ReLU6, F.adaptive_avg_pool2d, a constant scale, a skip from before the first
+    neuron and a reshape to a batch size read from the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.act6 = nn.ReLU6()
+        self.fc = nn.Linear(6 * 2 * 2, 5)
+
+    def forward(self, x):
+        b = x.shape[0]
+        y = self.c1(x)
+        z = self.c2(F.relu(y)) + y  # skip taken before the first neuron
+        z = self.act6(z) * 0.5
+        z = F.adaptive_avg_pool2d(z, 2)
+        return self.fc(F.relu(z).view(b, -1))
+
+
+def test_shared_module_gets_one_neuron_per_call_site():
+    torch.manual_seed(0)
+    snn = _check_against_reference(SharedReLU(), torch.rand(3, 3, 8, 8))
+    assert [n for n, _ in spiking_layers(snn)] == ["relu", "relu_1", "relu_2"]
+
+
+def test_functional_ops_skip_from_input_and_batch_reshape_convert():
+    torch.manual_seed(0)
+    _check_against_reference(Functional(), torch.rand(3, 3, 8, 8))
+    # the batch size read from the input does not fix the SNN's batch
+    snn = _qc_snn(Functional())
+    assert run_snn(snn, torch.rand(5, 3, 8, 8), T).shape == (T, 5, 5)
+
+
+def _refusal(forward, match: str) -> str:
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 2)
+
+        def forward(self, x):
+            return forward(self, x)
+
+    with pytest.raises(ConversionError, match=match) as e:
+        to_snn(swap_activations(Net(), lambda _n: QCActivation(4)))
+    return str(e.value)
+
+
+def test_refusals_name_node_source_line_and_fix():
+    msg = _refusal(lambda s, x: torch.sigmoid(s.c(x)), "'sigmoid'.*does not support")
+    assert "test_graph.py" in msg and "supported:" in msg
+    msg = _refusal(lambda s, x: s.fc(F.max_pool2d(F.relu(s.c(x)), 1).flatten(1)),
+                   "max_pool2d.*avg_pool2d")
+    assert "model.kwargs" not in msg
+    _refusal(lambda s, x: s.fc(F.relu(s.c(x)).view(2, -1)), "leading dimension 2.*flatten")
+    _refusal(lambda s, x: F.relu(s.c(x)) * F.relu(s.c(x) + 1), "multiplies two signals")
+    _refusal(lambda s, x: F.relu(s.c(x)).mean(0), "batch dimension")
+    _refusal(lambda s, x: s.fc(torch.flatten(F.relu(s.c(x)))), "batch dimension")
+    _refusal(lambda s, x: F.relu(s.c(x)).new_zeros(x.size(0)), "batch size")
+
+
+def test_data_dependent_branch_gets_a_hint():
+    def fwd(s, x):
+        y = F.relu(s.c(x))
+        if y.sum() > 0:
+            return y
+        return -y
+
+    msg = _refusal(fwd, "branches or loops on tensor values")
+    assert "test_graph.py:" in msg
+
+
+def test_max_pool_module_hint_offers_the_library_option():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+    with pytest.raises(ConversionError, match="replace_max_pooling") as e:
+        to_snn(swap_activations(m, lambda _n: QCActivation(4)))
+    assert "model.kwargs" not in str(e.value)
