@@ -119,7 +119,7 @@ def fused_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor
 
 
 def set_fused(model: nn.Module, fused: bool | None) -> None:
-    """Select the fused scan (True), the plain scan (False) or the default (None) on every neuron."""
+    """Fused scan (True), plain scan (False) or the process default (None) on every neuron."""
     from lowlat.neurons import spiking_layers
 
     for _, m in spiking_layers(model):

@@ -93,3 +93,15 @@ def test_env_default(monkeypatch):
     assert fused.default_enabled()
     monkeypatch.setenv("LOWLAT_FUSED", "0")
     assert not fused.default_enabled()
+
+
+def test_config_key_sets_env():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        for flag in ("false", "true"):
+            c = compose("config", overrides=[f"eval.fused={flag}"], return_hydra_config=True)
+            assert str(c.hydra.job.env_set.LOWLAT_FUSED).lower() == flag
