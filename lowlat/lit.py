@@ -51,7 +51,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y))
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)  # mean over ranks
         self.log("val/top1", self.val_acc, prog_bar=True)
 
     def test_step(self, batch, _idx):

@@ -1,5 +1,8 @@
 """The compiled (fused) IF scan gives exactly the plain scan's spikes and membrane potential."""
 
+import os
+
+import hydra
 import pytest
 import torch
 
@@ -95,13 +98,18 @@ def test_env_default(monkeypatch):
     assert not fused.default_enabled()
 
 
-def test_config_key_sets_env():
+def test_config_key_sets_env(monkeypatch):
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
+    monkeypatch.delenv("LOWLAT_FUSED", raising=False)
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(str(conf), version_base="1.3"):
-        for flag in ("false", "true"):
+        for flag in (False, True):
             c = compose("config", overrides=[f"eval.fused={flag}"], return_hydra_config=True)
-            assert str(c.hydra.job.env_set.LOWLAT_FUSED).lower() == flag
+            cb = hydra.utils.instantiate(c.hydra.callbacks.fused)
+            cb.on_job_start(config=c)
+            assert fused.default_enabled() is flag
+            cb.on_job_end(config=c, job_return=None)
+            assert "LOWLAT_FUSED" not in os.environ

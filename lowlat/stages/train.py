@@ -12,6 +12,7 @@ from torch import nn
 from lowlat.activations import QCActivation, RateNorm
 from lowlat.artifacts import load_artifact, load_network, save_artifact
 from lowlat.convert import _set_module, activation_stats
+from lowlat.distributed import after_fit
 from lowlat.lit import BestWeights, Classifier, evaluate
 from lowlat.models import create_model
 from lowlat.stages.common import Context, calibration_images, finish_loggers, log, transform_eval
@@ -30,6 +31,7 @@ def _fit(ctx: Context, model: nn.Module, dm, epochs: int, **opt) -> tuple[nn.Mod
     t0 = time.time()
     trainer.fit(lit, datamodule=dm)
     wall = time.time() - t0
+    after_fit(trainer)  # DDP: the other ranks exit here; rank 0 alone evaluates and writes
     model = lit.model.cpu().eval()
     test = evaluate(model, dm.test_dataloader(), transform_eval(dm))
     for lg in loggers:
