@@ -6,8 +6,9 @@ With ``strategy=ddp`` Lightning relaunches the command once per extra rank and m
 ``LOCAL_RANK`` & co.; rank 0 then waits for its workers, leaves the process group and clears
 those variables, so that the next stage's Trainer (``stage=all``: phase1 after ann) launches
 fresh workers, which rerun the command, skip the stages whose artifacts are already up to date
-and join that fit. ``ddp_spawn`` needs none of this (its workers live inside ``fit``); it is the
-safe choice in Hydra multirun.
+and join that fit. ``ddp_spawn``'s workers live inside ``fit`` (the safe choice in Hydra
+multirun); only what the callbacks left in ``callback_metrics`` comes back, so the main process
+recovers the best-epoch record from there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 
 import lightning as L
 import torch.distributed as dist
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -33,11 +36,15 @@ def after_fit(trainer: L.Trainer) -> None:
     if trainer.global_rank != 0:
         _leave_group()
         sys.exit(0)
-    from lightning.pytorch.strategies.launchers.subprocess_script import (
-        _SubprocessScriptLauncher,
-    )
-
     launcher = getattr(trainer.strategy, "launcher", None)
+    if isinstance(launcher, _MultiProcessingLauncher):  # ddp_spawn: this is the main process
+        for cb in trainer.callbacks:
+            if hasattr(cb, "recover"):
+                cb.recover(trainer)
+        n = trainer.callback_metrics.get("best/epochs_run")
+        if n is not None:  # for seconds per epoch
+            trainer.fit_loop.epoch_progress.current.completed = int(n)
+        return
     if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
         for p in launcher.procs:
             p.wait()

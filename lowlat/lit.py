@@ -144,6 +144,19 @@ class BestWeights(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.state is not None:
             pl_module.model.load_state_dict(self.state)
+        # ddp_spawn sends callback_metrics (not callbacks) back to the main process
+        trainer.callback_metrics.update({
+            "best/value": torch.tensor(float("nan") if self.best is None else self.best),
+            "best/epoch": torch.tensor(self.epoch),
+            "best/epochs_run": torch.tensor(trainer.current_epoch)})
+
+    def recover(self, trainer) -> None:
+        """In the main process of a spawned fit: what ``on_fit_end`` left in callback_metrics."""
+        cm = trainer.callback_metrics
+        if self.best is None and "best/value" in cm:
+            v = float(cm["best/value"])
+            self.best = None if v != v else v
+            self.epoch = int(cm["best/epoch"])
 
 
 @torch.no_grad()
