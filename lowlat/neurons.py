@@ -124,7 +124,8 @@ class IFNeuron(nn.Module):
         a fresh state (from v(0) directly: ``v0 + 0 + x == v0 + x``), so a tensor read from
         ``self.v`` earlier is never modified in place.
         """
-        if self.fused or (self.fused is None and fused.default_enabled()):
+        flag = getattr(self, "fused", None)  # modules pickled before the option existed
+        if flag or (flag is None and fused.default_enabled()):
             y = fused.fused_forward(self, xs, k, static)
             if y is not None:
                 return y
