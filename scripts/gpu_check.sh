@@ -63,7 +63,7 @@ else
   PAPER=(experiment=cifar10_vgg16 data=cifar10_folder "data.root=$DATA" logger=csv
          'eval.methods=[phase1,opti,opt,unbiased,maxnorm,robustnorm,lmpc,lwc,lmpc+lwc]'
          'eval.timesteps=[2,4,8,16,32]' eval.limit_batches=20 eval.fused=true
-         phase2.calib_samples=1024 phase2.lwc.iterations=30)
+         phase2.calib_samples=512 phase2.lwc.iterations=20)
 fi
 "$PY" - <<EOF >"$OUT_DIR/env.json" 2>&1
 import json, torch, platform
@@ -73,11 +73,11 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
 EOF
 
 # (a) simulation speed, one model per call so that each lands as soon as it is measured
-step a1_bench_snn_vgg16 150 "$PY" scripts/bench_snn.py --device "$DEV" --models vgg16 \
+step a1_bench_snn_vgg16 120 "$PY" scripts/bench_snn.py --device "$DEV" --models vgg16 \
   --timesteps "${SNN_T[@]}" "${SNN_ARGS[@]}" --out "$OUT_DIR/a1_bench_snn_vgg16"
 step a2_bench_snn_resnet20 120 "$PY" scripts/bench_snn.py --device "$DEV" --models resnet20 \
   --timesteps "${SNN_T[@]}" "${SNN_ARGS[@]}" --out "$OUT_DIR/a2_bench_snn_resnet20"
-step a3_bench_snn_fused 100 "$PY" scripts/bench_snn.py --device "$DEV" --models vgg16 resnet20 \
+step a3_bench_snn_fused 90 "$PY" scripts/bench_snn.py --device "$DEV" --models vgg16 resnet20 \
   --timesteps "${FUSED_T[@]}" "${SNN_ARGS[@]}" --modes chunked fused \
   --out "$OUT_DIR/a3_bench_snn_fused"
 
@@ -100,8 +100,8 @@ else:
     print(max(1, int(0.7 * avail / spe)), max(1, int(0.3 * avail / (1.3 * spe))))
 EOF
 )
-printf '{"ann_epochs": %s, "phase1_epochs": %s, "seconds_left": %s, "reserve_s": %s}\n' \
-  "${E_ANN:-1}" "${E_QC:-1}" "$(left)" "$RESERVE" >"$OUT_DIR/c_plan.json"
+printf '{"ann_epochs": %s, "phase1_epochs": %s, "seconds_left": %s, "reserve_s": %s, "overrides": "%s"}\n' \
+  "${E_ANN:-1}" "${E_QC:-1}" "$(left)" "$RESERVE" "${PAPER[*]}" >"$OUT_DIR/c_plan.json"
 rm -rf "$RUN_DIR"
 step c_paper_run 600 "$PY" -m lowlat.run stage=all "${PAPER[@]}" "paths.root_dir=$RUN_DIR" \
   "ann.epochs=${E_ANN:-1}" "phase1.epochs=${E_QC:-1}" "phase2.timesteps=$P2_T"
