@@ -37,9 +37,14 @@ def chunk_plan(timesteps: Sequence[int], max_chunk: int) -> list[int]:
 
 @torch.no_grad()
 def run_snn(model: nn.Module, x: Tensor, T: int, chunk: int | None = None,
-            record: bool = False) -> Tensor:
-    """Run one batch for T steps. Returns the last layer's outputs per step ``[T, B, classes]``."""
+            record: bool = False, fused: bool | None = None) -> Tensor:
+    """Run one batch for T steps. Returns the last layer's outputs per step ``[T, B, classes]``.
+
+    ``fused``: as in :func:`evaluate_snn` (None keeps each neuron's setting).
+    """
     b = x.shape[0]
+    if fused is not None:
+        set_fused(model, fused)
     reset_states(model)
     outs = []
     for k in chunk_plan([T], chunk or T):

@@ -71,8 +71,7 @@ def test_fused_network_bit_identical():
     x = torch.randn(4, 3, 32, 32)
     res = {}
     for flag in (False, True):
-        fused.set_fused(snn, flag)
-        out = run_snn(snn, x, 12, chunk=8, record=True)  # chunks 8 + 4
+        out = run_snn(snn, x, 12, chunk=8, record=True, fused=flag)  # chunks 8 + 4
         res[flag] = (out, [(m.spike_count.clone(), m.v.clone()) for _, m in spiking_layers(snn)])
     assert torch.equal(res[False][0], res[True][0])
     for (c0, v0), (c1, v1) in zip(res[False][1], res[True][1], strict=True):
