@@ -14,7 +14,8 @@ path (``tests/test_fused.py``).
 
 Selection: ``IFNeuron.fused`` (True / False / None = the process default), :func:`set_fused` on a
 whole model, or the environment variable ``LOWLAT_FUSED=1`` (the config key ``eval.fused`` sets it
-through the Hydra callback :class:`FusedFromConfig`, so no stage needs to pass it on). If
+through the Hydra callback ``lowlat.hydra_callbacks.FusedFromConfig``, so no stage needs to pass
+it on). If
 compiling fails (no C compiler, unsupported platform) a warning is printed once and the plain path
 is used from then on.
 """
@@ -126,26 +127,3 @@ def set_fused(model: nn.Module, fused: bool | None) -> None:
     for _, m in spiking_layers(model):
         m.fused = fused
 
-
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra is a dependency; keep the module importable
-    _HydraCallback = object  # type: ignore[assignment,misc]
-
-
-class FusedFromConfig(_HydraCallback):
-    """Hydra callback: ``eval.fused`` -> ``LOWLAT_FUSED`` for the job, restored afterwards."""
-
-    def __init__(self) -> None:
-        self._old: str | None = None
-
-    def on_job_start(self, config, **_kw) -> None:
-        self._old = os.environ.get("LOWLAT_FUSED")
-        flag = bool(config.get("eval", {}).get("fused", False))
-        os.environ["LOWLAT_FUSED"] = "1" if flag else "0"
-
-    def on_job_end(self, config, job_return, **_kw) -> None:
-        if self._old is None:
-            os.environ.pop("LOWLAT_FUSED", None)
-        else:
-            os.environ["LOWLAT_FUSED"] = self._old
