@@ -123,3 +123,22 @@ def test_config_key_sets_env(monkeypatch):
             assert fused.default_enabled() is flag
             cb.on_job_end(config=c, job_return=None)
             assert "LOWLAT_FUSED" not in os.environ
+
+
+@SLOW
+def test_eval_fused_key_end_to_end(tiny_run, tmp_path, monkeypatch):
+    """``eval.fused=true`` on the CLI reaches the neurons (Hydra callback) and changes nothing."""
+    import shutil
+
+    monkeypatch.setenv("TORCH_LOGS", "recompiles")  # evidence that the kernel was compiled
+
+    from tests.conftest import run_cli
+
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    for name in ("ann.pt", "qcann.pt", "ratenorm.pt"):  # up to date: only phase2 and eval run
+        shutil.copy(tiny_run / name, run / name)
+    r = run_cli("stage=all", "experiment=tiny", f"paths.root_dir={tmp_path}", "eval.fused=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "_scan" in r.stderr and "FusedFromConfig" not in r.stderr
+    assert (run / "results.csv").read_text() == (tiny_run / "results.csv").read_text()
