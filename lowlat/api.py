@@ -32,7 +32,8 @@ from lowlat.convert import (
     swap_activations,
     trace,
 )
-from lowlat.methods import convert_qcann, convert_relu_ann
+from lowlat.methods import CALIBRATED, STARTS, get_method, recipe
+from lowlat.methods import convert as convert_method
 from lowlat.methods import load_snn as _rebuild
 from lowlat.neurons import configure, reset_states, spiking_layers
 from lowlat.simulate import (
@@ -45,7 +46,6 @@ from lowlat.simulate import (
 )
 
 Data = Tensor | Iterable
-CALIBRATED = {"lmpc": (True, False), "lwc": (False, True), "lmpc+lwc": (True, True)}
 
 
 def _inputs(data: Data, batch_size: int = 256) -> Iterator[Tensor]:
@@ -217,32 +217,41 @@ class Recording:
 
 def convert(model: nn.Module, method: str = "opti", T: int = 4, data: Data | None = None, *,
             mean=None, std=None, percentile: float = 99.9) -> SpikingNetwork:
-    """The SNN of a QC-ANN (``phase1``, ``opti``, ``opt``, ``unbiased``; the calibrated methods
-    start from ``opti``) or of a ReLU ANN (``maxnorm``/``robustnorm``: θ from statistics on
-    ``data``)."""
-    if method in ("maxnorm", "robustnorm"):
+    """The SNN of ``method`` (see :mod:`lowlat.methods`): a QC-ANN conversion (``phase1``,
+    ``opti``, ``opt``, ``unbiased``), the start of a calibrated method (Phase I for the paper's
+    ``lmpc``/``lwc``/``lmpc+lwc``, θ/2 for ``lowlat*``; then call :func:`calibrate`), or a ReLU
+    ANN's (``maxnorm``/``robustnorm``/``robustnorm_all``: θ from statistics on ``data``)."""
+    m = get_method(method)
+    if m.source == "ann":
         if data is None:
             raise ValueError(f"convert: {method} needs data for the activation statistics")
         norm = _normalizer(mean, std)
         stats = activation_stats(model, (norm(x) for x in _inputs(data)), percentile=percentile)
-        net = convert_relu_ann(trace(model), stats, method)
+        net = convert_method(method, trace(model), stats=stats)
+    elif m.calibrated:
+        net = STARTS[recipe(m).start](trace(model))
     else:
-        base = "opti" if method in CALIBRATED else method
-        net = convert_qcann(trace(model), base, T)
+        net = convert_method(method, trace(model), T=T)
     return SpikingNetwork(net, T, mean, std, method)
 
 
 def calibrate(snn: SpikingNetwork, qcann: nn.Module, data: Data, *, n_images: int = 256,
               method: str | None = None, progress: bool = False, **config: Any) -> list[dict]:
     """LMPC and/or LWC of ``snn`` in place at its T against the QC-ANN, layer by layer, on at
-    most ``n_images`` of ``data``; ``method`` defaults to the one given to :func:`convert`
-    (else ``lmpc+lwc``); ``config`` overrides :class:`~lowlat.calibrate.CalibConfig`.
+    most ``n_images`` of ``data``, with the recipe of a calibrated ``method`` (default: the one
+    given to :func:`convert`, else ``lowlat``); ``config`` overrides the budget fields of
+    :class:`~lowlat.calibrate.CalibConfig` (``iterations``, ``lr``, ``batch_size`` ...).
     Returns the per-layer MSE reports."""
-    method = method or (snn.method if snn.method in CALIBRATED else "lmpc+lwc")
+    method = method or (snn.method if snn.method in CALIBRATED else "lowlat")
     if method not in CALIBRATED:
         raise ValueError(f"calibrate: method must be one of {', '.join(CALIBRATED)}")
-    lmpc, lwc = CALIBRATED[method]
-    cfg = CalibConfig(T=snn.T, lmpc=lmpc, lwc=lwc, **config)
+    if snn.method in CALIBRATED and snn.method != method:
+        raise ValueError(f"calibrate: the SNN was converted as the start of {snn.method!r}; "
+                         f"convert it with method={method!r} to calibrate it as {method!r}")
+    r = recipe(method)
+    cfg = CalibConfig(**{"T": snn.T, "lmpc": r.lmpc, "lwc": r.lwc, "formula": r.formula,
+                         "granularity": r.granularity, "optimizer": r.optimizer,
+                         "accept": r.accept, **config})
     xs = snn.normalize(gather(data, n_images))
     reports = _calibrate(snn.net, trace(qcann), xs, cfg, progress=progress)
     reset_states(snn.net)
@@ -306,11 +315,11 @@ def load_snn(path: str | Path) -> SpikingNetwork:
 
 
 class Converter:
-    """``Converter(data, T=4, method='lmpc+lwc')(model)``: prepare, optional fine-tuning
+    """``Converter(data, T=4, method='lowlat')(model)``: prepare, optional fine-tuning
     (``fine_tune(qcann) -> qcann``), convert and calibrate in one call. The QC-ANN stays
     available as ``converter.qcann`` (the calibration reference)."""
 
-    def __init__(self, data: Data, T: int = 4, method: str = "lmpc+lwc", *, levels: int = 8,
+    def __init__(self, data: Data, T: int = 4, method: str = "lowlat", *, levels: int = 8,
                  shift: float = 0.0, pool: str = "keep", n_images: int = 256,
                  fine_tune: Callable[[nn.Module], nn.Module] | None = None,
                  mean=None, std=None, **calib: Any) -> None:

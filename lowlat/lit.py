@@ -34,6 +34,10 @@ class Classifier(L.LightningModule):
         self.nesterov = nesterov
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Set by the GpuSpeedups callback (trainer=gpu); plain attributes, not in the state dict.
+        self.channels_last = False
+        self.loss_in_progress_bar = True  # the bar reads the loss every step: a host sync
+        self.compiled_forward = None  # torch.compile(self.model.forward), a function
 
     def set_train_mode(self) -> None:
         """Every module trains, except BatchNorm when ``freeze_bn`` (statistics kept fixed;
@@ -58,14 +62,17 @@ class Classifier(L.LightningModule):
                 f"(lr {self.lr}); lower the learning rate")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        fn = self.compiled_forward or self.model
+        return fn(x)
 
     def training_step(self, batch, _idx):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
+        self.train_acc.update(logits.detach(), y)  # no per-batch value: computed once an epoch
+        self.log("train/loss", loss.detach(), prog_bar=self.loss_in_progress_bar)
         self.log("train/top1", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
@@ -73,7 +80,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y))
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)  # mean over ranks
         self.log("val/top1", self.val_acc, prog_bar=True)
 
     def configure_optimizers(self):
@@ -90,6 +97,44 @@ class Classifier(L.LightningModule):
         opt = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class GpuSpeedups(L.Callback):
+    """Channels-last weights and inputs, optional ``torch.compile`` and no host sync per step.
+
+    Why a callback: the stages build the Classifier and the Trainer from the config; this lets
+    ``trainer=gpu`` switch the speed-ups on without the stages knowing. Undone when fitting ends,
+    so the weights that are saved and evaluated afterwards are in the default layout.
+    """
+
+    def __init__(self, channels_last: bool = True, compile_model: bool = False,
+                 sync_free: bool = True) -> None:
+        self.channels_last, self.compile_model, self.sync_free = (
+            channels_last, compile_model, sync_free)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.channels_last:
+            pl_module.model.to(memory_format=torch.channels_last)
+            pl_module.channels_last = True
+        if self.compile_model:
+            pl_module.compiled_forward = torch.compile(pl_module.model.forward)
+        if self.sync_free:
+            pl_module.loss_in_progress_bar = False
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        pl_module.compiled_forward = None
+        if pl_module.channels_last:
+            pl_module.model.to(memory_format=torch.contiguous_format)
+            pl_module.channels_last = False
+
+
+def make_trainer(channels_last: bool = False, compile_model: bool = False,
+                 sync_free: bool = False, callbacks: list | None = None, **kwargs) -> L.Trainer:
+    """``lightning.Trainer`` plus :class:`GpuSpeedups` (the ``_target_`` of ``trainer=gpu``)."""
+    callbacks = list(callbacks or [])
+    if channels_last or compile_model or sync_free:
+        callbacks.append(GpuSpeedups(channels_last, compile_model, sync_free))
+    return L.Trainer(callbacks=callbacks, **kwargs)
 
 
 class BestWeights(L.Callback):
@@ -116,6 +161,19 @@ class BestWeights(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.state is not None:
             pl_module.model.load_state_dict(self.state)
+        # ddp_spawn sends callback_metrics (not callbacks) back to the main process
+        trainer.callback_metrics.update({
+            "best/value": torch.tensor(float("nan") if self.best is None else self.best),
+            "best/epoch": torch.tensor(self.epoch),
+            "best/epochs_run": torch.tensor(trainer.current_epoch)})
+
+    def recover(self, trainer) -> None:
+        """In the main process of a spawned fit: what ``on_fit_end`` left in callback_metrics."""
+        cm = trainer.callback_metrics
+        if self.best is None and "best/value" in cm:
+            v = float(cm["best/value"])
+            self.best = None if v != v else v
+            self.epoch = int(cm["best/epoch"])
 
 
 def first_nonfinite(model: nn.Module) -> str | None:

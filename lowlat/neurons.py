@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lowlat import fused
+
 
 def if_step(v: Tensor, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     """One IF step: ``v += x; s = v >= θ; v -= s·θ``. Returns ``(spike, v)``; spike is 0/1."""
@@ -50,7 +52,7 @@ class IFNeuron(nn.Module):
     """
 
     def __init__(self, theta: float | Tensor = 1.0, amplitude: float | Tensor | None = None,
-                 gamma: float = 1.0) -> None:
+                 gamma: float = 1.0, fused: bool | None = None) -> None:
         super().__init__()
         theta = torch.as_tensor(theta, dtype=torch.float32).clone()
         if bool((theta <= 0).any()):
@@ -66,6 +68,7 @@ class IFNeuron(nn.Module):
         self.steps = 1  # time steps in the current chunk
         self.batch: int | None = None  # samples per time step; None: infer from the first input
         self.record = False  # accumulate spike counts for statistics
+        self.fused = fused  # compiled scan at inference (lowlat.fused); None: LOWLAT_FUSED
         self.v: Tensor | None = None
         self.spike_count: Tensor | None = None  # [B, ...] spikes so far (when record)
 
@@ -121,6 +124,11 @@ class IFNeuron(nn.Module):
         a fresh state (from v(0) directly: ``v0 + 0 + x == v0 + x``), so a tensor read from
         ``self.v`` earlier is never modified in place.
         """
+        flag = getattr(self, "fused", None)  # modules pickled before the option existed
+        if flag or (flag is None and fused.default_enabled()):
+            y = fused.fused_forward(self, xs, k, static)
+            if y is not None:
+                return y
         theta, shift = self.theta, self.shift
         add_shift = bool(shift.any())  # v + x + 0 is v + x exactly: skip the pass
         out = torch.empty_like(xs if not static else xs.expand(k, *xs.shape[1:]))

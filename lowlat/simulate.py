@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from lowlat.fused import set_fused
 from lowlat.neurons import configure, reset_states, spiking_layers
 
 ALPHA_PJ = 4.6  # energy of one multiply-accumulate (Horowitz 2014), paper eq. 18
@@ -36,9 +37,14 @@ def chunk_plan(timesteps: Sequence[int], max_chunk: int) -> list[int]:
 
 @torch.no_grad()
 def run_snn(model: nn.Module, x: Tensor, T: int, chunk: int | None = None,
-            record: bool = False) -> Tensor:
-    """Run one batch for T steps. Returns the last layer's outputs per step ``[T, B, classes]``."""
+            record: bool = False, fused: bool | None = None) -> Tensor:
+    """Run one batch for T steps. Returns the last layer's outputs per step ``[T, B, classes]``.
+
+    ``fused``: as in :func:`evaluate_snn` (None keeps each neuron's setting).
+    """
     b = x.shape[0]
+    if fused is not None:
+        set_fused(model, fused)
     reset_states(model)
     outs = []
     for k in chunk_plan([T], chunk or T):
@@ -138,13 +144,18 @@ def evaluate_snn(
     model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], timesteps: Sequence[int],
     transform: Callable[[Tensor], Tensor] = lambda x: x, max_chunk: int = 16,
     device: str | torch.device = "cpu", stats: bool = True, progress: bool = True,
-    desc: str = "snn",
+    desc: str = "snn", fused: bool | None = None,
 ) -> SimStats:
-    """Accuracy (and statistics) at every T in ``timesteps`` from one run to max(T)."""
+    """Accuracy (and statistics) at every T in ``timesteps`` from one run to max(T).
+
+    ``fused``: compiled IF scan (``lowlat.fused``, same spikes); None keeps each neuron's setting.
+    """
     timesteps = sorted(set(int(t) for t in timesteps))
     if not timesteps or timesteps[0] < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     model = model.to(device).eval()
+    if fused is not None:
+        set_fused(model, fused)
     plan = chunk_plan(timesteps, max_chunk)
     res = SimStats(timesteps=timesteps)
     res.correct = dict.fromkeys(timesteps, 0)

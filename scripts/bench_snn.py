@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from lowlat.activations import QCActivation
 from lowlat.convert import activation_stats, fold_bn, to_snn
+from lowlat.fused import set_fused
 from lowlat.methods import convert_relu_ann
 from lowlat.models import create_model
 from lowlat.neurons import spiking_layers
@@ -60,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="T for the spikingjelly comparison (none: skip it)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (dry runs)")
+    p.add_argument("--modes", nargs="+", default=["chunked", "step"],
+                   choices=["chunked", "step", "fused"],
+                   help="fused: chunked with the compiled IF scan (lowlat/fused.py)")
     return p.parse_args(argv)
 
 
@@ -89,8 +94,8 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 @torch.no_grad()
-def realistic_anns(name: str, batch: int, device: torch.device,
-                   seed: int) -> tuple[nn.Module, nn.Module, Tensor]:
+def realistic_anns(name: str, batch: int, device: torch.device, seed: int,
+                   width: float = 1.0) -> tuple[nn.Module, nn.Module, Tensor]:
     """ReLU ANN and QC-ANN with shared random weights, BN statistics and λ from activations.
 
     Random conv weights with BN running statistics measured on random inputs normalise every
@@ -98,7 +103,8 @@ def realistic_anns(name: str, batch: int, device: torch.device,
     rates of the order of a trained network's (reported beside the timings).
     """
     torch.manual_seed(seed)
-    relu = create_model(name, num_classes=10, in_channels=3, act_layer="relu").to(device)
+    kw = {} if width == 1.0 else {"width": width}
+    relu = create_model(name, num_classes=10, in_channels=3, act_layer="relu", **kw).to(device)
     for m in relu.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
@@ -109,7 +115,7 @@ def realistic_anns(name: str, batch: int, device: torch.device,
     relu.eval()
     calib = torch.randn(batch, 3, 32, 32, device=device)
     stats = activation_stats(relu, [calib])
-    qc = create_model(name, num_classes=10, in_channels=3, act_layer="qc").to(device)
+    qc = create_model(name, num_classes=10, in_channels=3, act_layer="qc", **kw).to(device)
     missing, unexpected = qc.load_state_dict(relu.state_dict(), strict=False)
     assert not unexpected and all(k.endswith(".lam") for k in missing), (missing, unexpected)
     for n, m in qc.named_modules():
@@ -146,26 +152,31 @@ def folded_sizes(snn: nn.Module, x: Tensor, chunk: int = 4) -> tuple[int, int]:
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    relu, qc, calib = realistic_anns(name, args.batch, device, args.seed)
+    relu, qc, calib = realistic_anns(name, args.batch, device, args.seed, args.width)
     ann_relu, ann_qc = fold_bn(relu), fold_bn(qc)
     snn = to_snn(qc).to(device).eval()
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     largest, first_batch = folded_sizes(snn, x)
-    modes = {"chunked": args.chunk, "step": 1}
+    modes = {m: {"chunked": args.chunk, "step": 1, "fused": args.chunk}[m] for m in args.modes}
     rates = {T: firing_rate(snn, x, T, args.chunk) for T in args.timesteps}
 
-    with torch.no_grad():  # warm-up: allocator, oneDNN primitives, caches
+    def sim(T: int, mode: str) -> Tensor:
+        set_fused(snn, mode == "fused")
+        return run_snn(snn, x, T, chunk=modes[mode])
+
+    with torch.no_grad():  # warm-up: allocator, oneDNN primitives, caches, compiled kernels
         ann_relu(x), ann_qc(x)
-        for chunk in modes.values():
-            run_snn(snn, x, chunk, chunk=chunk)
+        for mode in modes:
+            for T in (args.timesteps if mode == "fused" else [modes[mode]]):
+                sim(T, mode)  # fused: compile every chunk length the timed runs use
         times: dict[str, list[float]] = {"ann_relu": [], "ann_qc": []}
         for _ in range(args.repeats):
             times["ann_relu"].append(timed(lambda: ann_relu(x), device))
             times["ann_qc"].append(timed(lambda: ann_qc(x), device))
             for T in args.timesteps:
-                for mode, chunk in modes.items():
+                for mode in modes:
                     times.setdefault(f"{T}/{mode}", []).append(
-                        timed(lambda T=T, c=chunk: run_snn(snn, x, T, chunk=c), device))
+                        timed(lambda T=T, m=mode: sim(T, m), device))
             print(f"  {name}: repeat done", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
@@ -177,6 +188,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
                 "ann_relu_ms": 1e3 * med["ann_relu"], "ann_qc_ms": 1e3 * med["ann_qc"],
                 "snn_ms": 1e3 * snn_s, "ratio": snn_s / (T * med["ann_relu"]),
                 "ratio_qc": snn_s / (T * med["ann_qc"]), "firing_rate": rates[T],
+                "snn_images_per_s": args.batch / snn_s,
+                "ann_images_per_s": args.batch / med["ann_relu"],
             })
             print(f"  {name} T={T} {mode}: ratio {rows[-1]['ratio']:.3f}", flush=True)
     memory = {
@@ -216,6 +229,15 @@ def bench_spikingjelly(name: str, relu: nn.Module, calib: Tensor, x: Tensor, T: 
         f"lowlat chunked (chunk={min(args.chunk, T)})": lambda: run_snn(ours, x, T, args.chunk),
         "lowlat step-by-step (chunk=1)": lambda: run_snn(ours, x, T, 1),
     }
+    if "fused" in args.modes:  # the compiled scan on the same network; the others stay plain
+        def fused_run() -> Tensor:
+            set_fused(ours, True)
+            try:
+                return run_snn(ours, x, T, args.chunk)
+            finally:
+                set_fused(ours, False)
+
+        impls[f"lowlat fused (chunk={min(args.chunk, T)})"] = fused_run
     times: dict[str, list[float]] = {k: [] for k in impls}
     outs: dict[str, Tensor] = {}
     with torch.no_grad():
@@ -226,11 +248,12 @@ def bench_spikingjelly(name: str, relu: nn.Module, calib: Tensor, x: Tensor, T: 
                 times[k].append(timed(fn, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     ref = next(iter(impls))
-    ours_chunked, ours_step = list(impls)[2:]
+    ours_chunked, ours_step = list(impls)[2:4]
     rows = []
     for k in impls:
         rows.append({
             "model": name, "T": T, "impl": k, "ms": 1e3 * med[k],
+            "images_per_s": args.batch / med[k],
             "sj_step_over_this": med[ref] / med[k],
             "out_max_abs_diff_vs_sj_step": float((outs[k] - outs[ref]).abs().max()),
         })
@@ -290,6 +313,15 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_json(res: dict, out: Path) -> dict:
+    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if torch.cuda.is_available():
+        res["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_snn.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.device == "auto":
@@ -316,10 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
         res["rows"] += r["rows"]
         res["memory"][name] = r["memory"]
         res["spikingjelly_rows"] += r["spikingjelly"]
-    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_snn.json").write_text(json.dumps(res, indent=2))
-    md = to_markdown(res)
+        write_json(res, args.out)  # after each model: a run cut short keeps what it measured
+    md = to_markdown(write_json(res, args.out))
     (args.out / "bench_snn.md").write_text(md)
     print(md)
     return res

@@ -11,6 +11,7 @@ from torch import nn
 from lowlat.activations import QCActivation, RateNorm
 from lowlat.artifacts import ANN, QCANN, RATENORM, load_artifact, load_network, save_artifact
 from lowlat.convert import activation_stats, swap_activations
+from lowlat.distributed import after_fit
 from lowlat.lit import BestWeights, Classifier, evaluate, first_nonfinite
 from lowlat.models import create_model
 from lowlat.stages.common import Context, calibration_images, finish_loggers, log, transform_eval
@@ -34,6 +35,7 @@ def _fit(ctx: Context, model: nn.Module, dm, epochs: int, stage: str,
     t0 = time.time()
     trainer.fit(lit, datamodule=dm)
     wall = time.time() - t0
+    after_fit(trainer)  # DDP: the other ranks exit here; rank 0 alone evaluates and writes
     model = lit.model.cpu().eval()
     finish_loggers(loggers)
     bad = first_nonfinite(model)

@@ -1,0 +1,144 @@
+"""The compiled (fused) IF scan gives exactly the plain scan's spikes and membrane potential."""
+
+import os
+
+import hydra
+import pytest
+import torch
+
+from lowlat import fused
+from lowlat.convert import to_snn
+from lowlat.models import create_model
+from lowlat.neurons import IFNeuron, configure, reset_states, spiking_layers
+from lowlat.simulate import evaluate_snn, run_snn
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="torch.compile unsupported here")
+
+
+def _neuron(theta, v0, shift, fused_flag):
+    n = IFNeuron(theta=theta, fused=fused_flag)
+    n.v0, n.shift = v0.clone(), shift.clone()
+    return n
+
+
+def _run(n: IFNeuron, x: torch.Tensor, plan: list[int], b: int, static: bool):
+    """Feed ``x`` ([T, B, ...], or [B, ...] if static) chunk by chunk; outputs, counts, v."""
+    reset_states(n)
+    outs, t = [], 0
+    for k in plan:
+        configure(n, steps=k, batch=b, record=True)
+        inp = x if static else x[t:t + k].flatten(0, 1)
+        with torch.no_grad():
+            outs.append(n(inp))
+        t += k
+    return torch.cat(outs), n.spike_count, n.v
+
+
+# Compiling costs seconds per chunk length and layout on a CPU (about 2 min for this file with a
+# cold inductor cache), so the default suite compiles two graphs and the rest is marked slow.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("static,plan", [
+    (False, [3, 5]),  # two chunks: v from v(0), then v carried over
+    pytest.param(True, [3, 5], marks=SLOW),  # constant input (first layer, direct encoding)
+    pytest.param(False, [8], marks=SLOW),
+    pytest.param(False, [20], marks=SLOW),  # longer than fused.BLOCK: several kernels a chunk
+    pytest.param(True, [20], marks=SLOW),
+])
+def test_fused_neuron_bit_identical(static, plan):
+    g = torch.Generator().manual_seed(0)
+    T, b, c = sum(plan), 5, 3
+    theta = torch.tensor([1.0, 0.5, 2.0]).view(c, 1, 1)
+    # inputs on a 1/8 grid: v lands exactly on θ often, so the >= tie is exercised
+    x = (torch.randint(-4, 12, (b, c, 4, 4) if static else (T, b, c, 4, 4), generator=g) / 8.0)
+    x = x + 1e-3 * torch.randn(x.shape, generator=g) * (torch.rand(x.shape, generator=g) < 0.5)
+    v0 = torch.rand(c, 4, 4, generator=g)
+    shift = torch.full((c, 1, 1), 0.0625)
+    plain = _run(_neuron(theta, v0, shift, False), x, plan, b, static)
+    fast = _run(_neuron(theta, v0, shift, True), x, plan, b, static)
+    assert not fused._state["failed"] and fused._state["fn"] is not None
+    for a, f in zip(plain, fast, strict=True):
+        assert torch.equal(a, f)
+    assert plain[1].sum() > 0  # something spiked
+
+
+@SLOW
+def test_fused_network_bit_identical():
+    torch.manual_seed(0)
+    qc = create_model("vgg16", num_classes=10, act_layer="qc", width=0.125).eval()
+    snn = to_snn(qc).eval()
+    x = torch.randn(4, 3, 32, 32)
+    res = {}
+    for flag in (False, True):
+        out = run_snn(snn, x, 12, chunk=8, record=True, fused=flag)  # chunks 8 + 4
+        res[flag] = (out, [(m.spike_count.clone(), m.v.clone()) for _, m in spiking_layers(snn)])
+    assert torch.equal(res[False][0], res[True][0])
+    for (c0, v0), (c1, v1) in zip(res[False][1], res[True][1], strict=True):
+        assert torch.equal(c0, c1) and torch.equal(v0, v1)
+    assert sum(float(c.sum()) for c, _ in res[True][1]) > 0
+    batches = [(x, torch.zeros(4, dtype=torch.long))]
+    acc = [evaluate_snn(snn, batches, [1, 4, 12], max_chunk=8, fused=f, progress=False)
+           for f in (False, True)]
+    assert acc[0].spikes == acc[1].spikes and acc[0].rmpe == acc[1].rmpe
+
+
+def test_compile_failure_falls_back(monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setitem(fused._state, "fn", broken)
+    monkeypatch.setitem(fused._state, "failed", False)
+    n = IFNeuron(theta=1.0, fused=True)
+    x = torch.rand(4, 6)
+    configure(n, steps=2, batch=2)
+    with pytest.warns(RuntimeWarning, match="no compiler"), torch.no_grad():
+        y = n(x)
+    ref = IFNeuron(theta=1.0, fused=False)
+    configure(ref, steps=2, batch=2)
+    with torch.no_grad():
+        assert torch.equal(y, ref(x))
+    assert not fused.available()
+
+
+def test_env_default(monkeypatch):
+    monkeypatch.setenv("LOWLAT_FUSED", "1")
+    assert fused.default_enabled()
+    monkeypatch.setenv("LOWLAT_FUSED", "0")
+    assert not fused.default_enabled()
+
+
+def test_config_key_sets_env(monkeypatch):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.delenv("LOWLAT_FUSED", raising=False)
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        for flag in (False, True):
+            c = compose("config", overrides=[f"eval.fused={flag}"], return_hydra_config=True)
+            cb = hydra.utils.instantiate(c.hydra.callbacks.fused)
+            cb.on_job_start(config=c)
+            assert fused.default_enabled() is flag
+            cb.on_job_end(config=c, job_return=None)
+            assert "LOWLAT_FUSED" not in os.environ
+
+
+@SLOW
+def test_eval_fused_key_end_to_end(tiny_run, tmp_path, monkeypatch):
+    """``eval.fused=true`` on the CLI reaches the neurons (Hydra callback) and changes nothing."""
+    import shutil
+
+    monkeypatch.setenv("TORCH_LOGS", "recompiles")  # evidence that the kernel was compiled
+
+    from tests.conftest import run_cli
+
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    for name in ("ann.pt", "qcann.pt", "ratenorm.pt"):  # up to date: only phase2 and eval run
+        shutil.copy(tiny_run / name, run / name)
+    r = run_cli("stage=all", "experiment=tiny", f"paths.root_dir={tmp_path}", "eval.fused=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "_scan" in r.stderr and "FusedFromConfig" not in r.stderr
+    assert (run / "results.csv").read_text() == (tiny_run / "results.csv").read_text()
