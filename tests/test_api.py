@@ -48,7 +48,7 @@ def test_torchvision_models_convert_and_calibrate(name):
     model = make().eval()
     xs = torch.rand(2, 3, hw, hw)  # few images: every layer is calibrated, 4 passes each
     qc = api.prepare(model, xs, pool="avg")
-    snn = api.convert(qc, "lmpc", T=T)
+    snn = api.convert(qc, "lowlat-lmpc", T=T)  # signed LMPC: lowers the rate error
     assert len(spiking_layers(snn.net)) == activation_call_sites(model)
     reports = api.calibrate(snn, qc, xs)
     assert sum(r["mse_end"] for r in reports) < sum(r["mse_start"] for r in reports)
@@ -69,7 +69,7 @@ def test_relu6_lambda_capped_and_maxpool_replaced():
 def tiny_snn():
     torch.manual_seed(0)
     xs = torch.rand(16, 3, 8, 8)
-    snn = api.Converter(xs, T=T, method="lmpc+lwc", pool="avg", iterations=3, batch_size=8,
+    snn = api.Converter(xs, T=T, method="lowlat", pool="avg", iterations=3, batch_size=8,
                         mean=[0.5] * 3, std=[0.25] * 3)(tiny_net())
     return snn, xs
 
@@ -151,7 +151,7 @@ def test_evaluate_and_fine_tune_with_dataloaders(tiny_snn):
     lam = [float(a.lam) for a in qc.modules() if isinstance(a, QCActivation)]
     qc = api.fine_tune(qc, loader, num_classes=3, epochs=1, lr=0.05, threshold_lr=0.5)
     assert [float(a.lam) for a in qc.modules() if isinstance(a, QCActivation)] != lam
-    snn = api.convert(qc, "lmpc", T=T)
+    snn = api.convert(qc, "lowlat-lmpc", T=T)  # signed LMPC: lowers the rate error
     from_loader = api.calibrate(snn, qc, loader, n_images=16)
     assert [r["mse_end"] for r in from_loader] == pytest.approx(
         [r["mse_end"] for r in api.calibrate(snn, qc, xs[:16])])  # same 16 images
