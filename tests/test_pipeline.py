@@ -147,3 +147,23 @@ def test_conversions_approach_their_anns_as_T_grows(tiny_run):
     acc = evaluate_snn(convert_relu_ann(ann, stats, "maxnorm"), test, [8, 256], transform=tf,
                        max_chunk=64, stats=False, progress=False).accuracy()
     assert acc[256] >= ann_acc - 0.04 and acc[256] > acc[8]
+
+
+def test_refusals_leave_the_run_folder_unchanged(tiny_run, tmp_path):
+    """Bad values and a model other than the artifacts' are refused with exit 2, writing nothing."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.parent.parent, root)
+    run = root / "runs/tiny"
+
+    def snapshot():
+        return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    before = snapshot()
+    for args, needle in ((["stage=phase1", "model=vgg16"], "model=vgg16"),
+                         (["stage=phase2", "phase2.lwc.lr=-1"], "phase2.lwc.lr"),
+                         (["stage=eval", "phase1.levels=abc"], "phase1.levels"),
+                         (["stage=phase2", "phase2.timesteps=4"], "phase2.timesteps")):
+        r = run_cli(*args, "experiment=tiny", f"paths.root_dir={root}")
+        assert r.returncode == 2, (args, r.stderr[-1500:])
+        assert needle in r.stderr, (args, r.stderr[-1500:])
+        assert snapshot() == before, args

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,25 +28,73 @@ def _one_of(key: str, val, ok: tuple) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, ok))}, got {val!r}")
 
 
+# (key, lowest valid, highest valid, type): checked before any stage runs, the key named.
+NUMBERS = [
+    ("seed", 0, None, int), ("phase1.levels", 1, None, int), ("phase1.epochs", 1, None, int),
+    ("phase1.lr", 0, None, float), ("phase1.shift", 0, 1, float),
+    ("phase1.init_percentile", 0, 100, float), ("phase1.init_batches", 1, None, int),
+    ("phase1.threshold_lr", 0, None, float), ("ann.epochs", 1, None, int),
+    ("ann.lr", 0, None, float), ("eval.max_chunk", 1, None, int),
+    ("eval.stat_images", 1, None, int), ("eval.robust_percentile", 0, 100, float),
+    ("phase2.calib_samples", 1, None, int), ("phase2.calib_batch", 1, None, int),
+    ("phase2.lwc.lr", 0, None, float), ("phase2.lwc.iterations", 0, None, int),
+    ("phase2.lwc.batch_size", 1, None, int), ("phase2.lwc.gamma", 0, None, float),
+    ("phase2.lwc.momentum", 0, 1, float), ("phase2.lwc.weight_decay", 0, None, float),
+]
+
+
+def _number(cfg: DictConfig, key: str, lo: float | None, hi: float | None, kind: type) -> None:
+    v = OmegaConf.select(cfg, key)
+    if v is None:
+        return
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and (
+        kind is float or isinstance(v, int)) and math.isfinite(v)
+    strict_lo = key.endswith(("lr", "gamma")) or key == "phase1.lr"
+    if ok and lo is not None:
+        ok = v > lo if strict_lo else v >= lo
+    if ok and hi is not None:
+        ok = v <= hi
+    if not ok:
+        rng = (f"{'>' if strict_lo else '>='} {lo}" if hi is None else f"in [{lo}, {hi}]")
+        raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'} {rng}, "
+                          f"got {v!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the settings every stage relies on before anything is computed or written."""
     from lowlat.methods import CALIBRATED, METHODS, STARTS
 
     model_entrypoint(cfg.model.name)  # raises with the list of registered models
+    for key, lo, hi, kind in NUMBERS:
+        _number(cfg, key, lo, hi, kind)
     vf = OmegaConf.select(cfg, "data.val_fraction")
     if vf is not None and not 0 < float(vf) < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {vf}: model selection and "
                           "every tuned default need a validation split that is not the test split")
-    if int(cfg.phase1.levels) < 1:
-        raise ConfigError(f"phase1.levels (L) must be >= 1, got {cfg.phase1.levels}")
     _one_of("phase1.activation", cfg.phase1.activation, ("qc", "ratenorm"))
     il = cfg.phase1.init_lambda
     if not (il in ("percentile", "max") or (isinstance(il, int | float) and il > 0)):
         raise ConfigError(f"phase1.init_lambda must be percentile, max or a number > 0, got {il!r}")
+    for key in ("eval.timesteps", "phase2.timesteps", "eval.methods", "phase2.methods"):
+        if not OmegaConf.is_list(OmegaConf.select(cfg, key)):
+            raise ConfigError(f"{key} must be a list, e.g. {key}=[2,4]; got "
+                              f"{OmegaConf.select(cfg, key)!r}")
     for key in ("eval.timesteps", "phase2.timesteps"):
         ts = OmegaConf.select(cfg, key)
-        if not ts or any(int(t) < 1 for t in ts):
-            raise ConfigError(f"{key} must be a non-empty list of integers >= 1, got {ts}")
+        if not ts or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1
+                             for t in ts):
+            raise ConfigError(f"{key} must be a non-empty list of integers >= 1, got {list(ts)}")
+    dev = str(cfg.device)
+    if dev != "auto":
+        try:
+            d = torch.device(dev)
+        except RuntimeError:
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}") from None
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={dev}: no CUDA device on this machine; use device=cpu "
+                              "or device=auto")
+        if d.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
     for m in cfg.eval.methods:
         if m not in METHODS:
             raise ConfigError(f"eval.methods: unknown method {m!r}; valid: {', '.join(METHODS)}")
@@ -58,18 +107,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.methods has {', '.join(missing)}, which phase2.methods "
                           f"({', '.join(cfg.phase2.methods)}) does not calibrate: add them to "
                           "phase2.methods or remove them from eval.methods")
-    if int(cfg.phase2.calib_samples) < 1:
-        raise ConfigError(f"phase2.calib_samples must be >= 1, got {cfg.phase2.calib_samples}")
     lw = cfg.phase2.lowlat
     _one_of("phase2.lowlat.start", lw.start, tuple(STARTS))
     _one_of("phase2.lowlat.formula", lw.formula, ("signed", "abs"))
     _one_of("phase2.lowlat.granularity", lw.granularity, ("channel", "neuron"))
     _one_of("phase2.lowlat.optimizer", lw.optimizer, ("adam", "sgd"))
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always"))
-    if not float(cfg.phase2.lwc.lr) > 0:
-        raise ConfigError(f"phase2.lwc.lr must be > 0, got {cfg.phase2.lwc.lr}")
-    if int(cfg.eval.stat_images) < 1:
-        raise ConfigError(f"eval.stat_images must be >= 1, got {cfg.eval.stat_images}")
 
 
 @dataclass
@@ -118,6 +161,20 @@ class Context:
             "in_channels": int(dm.in_channels),
             "kwargs": OmegaConf.to_container(self.cfg.model.get("kwargs") or {}, resolve=True),
         }
+
+
+def check_arch(ctx: Context, art: dict, path: Path) -> None:
+    """Refuse an upstream artifact built for another model than the configured one."""
+    want = {"name": str(ctx.cfg.model.name),
+            "kwargs": OmegaConf.to_container(ctx.cfg.model.get("kwargs") or {}, resolve=True)}
+    have = {"name": art["arch"].get("name"), "kwargs": art["arch"].get("kwargs") or {}}
+    if want != have:
+        from lowlat.artifacts import PRODUCER, ArtifactError
+
+        raise ArtifactError(
+            f"{path} holds model {have['name']} {have['kwargs']}, but the config asks for "
+            f"model={want['name']} {want['kwargs']}: rerun {PRODUCER.get(art['kind'], 'it')} "
+            "with this model, or use the model it was made with")
 
 
 def finish_loggers(loggers: list) -> None:

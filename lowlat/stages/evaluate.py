@@ -34,6 +34,7 @@ from lowlat.simulate import evaluate_snn, layer_macs
 from lowlat.stages.common import (
     Context,
     calibration_images,
+    check_arch,
     finish_loggers,
     limited,
     log,
@@ -47,6 +48,7 @@ def _inputs(ctx: Context) -> tuple[dict[str, dict], dict[tuple[int, str], dict]]
     e, run = ctx.cfg.eval, ctx.run_dir
     methods = [get_method(m) for m in e.methods]
     arts = {"qcann": load_artifact(run / QCANN, "qcann")}
+    check_arch(ctx, arts["qcann"], run / QCANN)
     for src in sorted({m.source for m in methods} - {"qcann"}):
         arts[src] = load_artifact(run / SOURCE_FILE[src], src)
     if (run / ANN).is_file() and "ann" not in arts:

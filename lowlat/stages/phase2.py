@@ -27,6 +27,7 @@ from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
     Context,
     calibration_images,
+    check_arch,
     finish_loggers,
     limited,
     log,
@@ -59,6 +60,7 @@ def artifact_fp(ctx: Context, method: str, T: int, qc_fp: str) -> str:
 def run_phase2(ctx: Context) -> dict:
     cfg, p = ctx.cfg, ctx.cfg.phase2
     qc_art = load_artifact(ctx.run_dir / QCANN, "qcann")
+    check_arch(ctx, qc_art, ctx.run_dir / QCANN)
     todo = []
     for T in sorted(int(t) for t in p.timesteps):
         for method in p.methods:

@@ -14,7 +14,14 @@ from lowlat.convert import activation_stats, swap_activations
 from lowlat.distributed import after_fit
 from lowlat.lit import BestWeights, Classifier, evaluate, first_nonfinite
 from lowlat.models import create_model
-from lowlat.stages.common import Context, calibration_images, finish_loggers, log, transform_eval
+from lowlat.stages.common import (
+    Context,
+    calibration_images,
+    check_arch,
+    finish_loggers,
+    log,
+    transform_eval,
+)
 
 
 def _fit(ctx: Context, model: nn.Module, dm, epochs: int, stage: str,
@@ -71,6 +78,7 @@ def phase1_artifact_name(activation: str) -> str:
 def run_phase1(ctx: Context) -> dict:
     _cfg, p = ctx.cfg, ctx.cfg.phase1
     ann_art = load_artifact(ctx.run_dir / ANN, "ann")
+    check_arch(ctx, ann_art, ctx.run_dir / ANN)
     dm = ctx.datamodule()
     ann = load_network(ann_art)
     n = min(int(p.init_batches) * dm.batch_size, dm.train_size)
