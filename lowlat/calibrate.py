@@ -209,7 +209,7 @@ class CalibConfig:
     lmpc: bool = True
     lwc: bool = True
     formula: str = "signed"
-    granularity: str = "channel"
+    granularity: str = "neuron"
     iterations: int = 100
     batch_size: int = 1024
     lr: float = 1e-4

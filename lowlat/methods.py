@@ -16,8 +16,9 @@ Two families stand side by side:
 * **lowlat's own variants**, named as such: ``unbiased`` (exact s = 0 → s = ½ rewrite),
   ``robustnorm_all`` (the percentile over all values, zeros included, as in the SpikingJelly
   tutorial), ``lowlat-lmpc``, ``lowlat-lwc`` and ``lowlat`` (LMPC, LWC and both with the
-  recipe of ``phase2.lowlat``: by default the sign-preserving correction per channel from θ/2
-  and Adam with a keep-if-better guard, chosen on the validation split; see the README).
+  recipe of ``phase2.lowlat``: by default the sign-preserving correction per neuron from the
+  unbiased start and Adam with a keep-if-better guard, chosen on the validation split; see the
+  README).
 """
 
 from __future__ import annotations
@@ -171,10 +172,10 @@ _TABLE = [
            "ReLU ANN, θ = 99.9th percentile of all activations, zeros included",
            convert=relu_thresholds, stats="percentile"),
     Method("lowlat-lmpc", "lowlat LMPC", "qcann", False,
-           "LMPC with the phase2.lowlat recipe (default: signed, per channel, from θ/2)",
+           "LMPC with the phase2.lowlat recipe (default: signed, per neuron, unbiased start)",
            per_T=True, lowlat_recipe=(True, False)),
     Method("lowlat-lwc", "lowlat LWC", "qcann", False,
-           "LWC with the phase2.lowlat recipe (default: from θ/2, Adam, keep-if-better)",
+           "LWC with the phase2.lowlat recipe (default: unbiased start, Adam, keep-if-better)",
            per_T=True, lowlat_recipe=(False, True)),
     Method("lowlat", "lowlat (LMPC+LWC)", "qcann", False,
            "LMPC then LWC per layer with the phase2.lowlat recipe", per_T=True,
@@ -201,8 +202,8 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
         raise ValueError(f"method {m.name!r} is not calibrated")
     lw = dict(lowlat or {})
     return Recipe(lmpc=m.lowlat_recipe[0], lwc=m.lowlat_recipe[1],
-                  start=str(lw.get("start", "opti")), formula=str(lw.get("formula", "signed")),
-                  granularity=str(lw.get("granularity", "channel")),
+                  start=str(lw.get("start", "unbiased")), formula=str(lw.get("formula", "signed")),
+                  granularity=str(lw.get("granularity", "neuron")),
                   optimizer=str(lw.get("optimizer", "adam")), accept=str(lw.get("accept", "mse")))
 
 

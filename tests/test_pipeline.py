@@ -30,9 +30,10 @@ def test_artifacts_reload_and_reproduce(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     test = evaluate(load_network(qc), dm.test_dataloader(), lambda x: dm.transform_batch(x, False))
     assert test == pytest.approx(results["qcann_top1"], abs=1e-9)
-    snn = load_snn(load_artifact(tiny_run / "snn_T2_lowlat.pt", "snn"))
-    v0 = [m.v0 for m in snn.modules() if hasattr(m, "v0")]
-    assert all(v.dim() == 3 and v.shape[1:] == (1, 1) for v in v0[:-1])  # per channel (conv)
+    art = load_artifact(tiny_run / "snn_T2_lowlat.pt", "snn")
+    v0 = [m.v0 for m in load_snn(art).modules() if hasattr(m, "v0")]
+    per_channel = art["recipe"]["granularity"] == "channel"  # as phase2.lowlat configured it
+    assert all(v.dim() == 3 and (v.shape[1:] == (1, 1)) == per_channel for v in v0[:-1])
     paper = load_snn(load_artifact(tiny_run / "snn_T2_lmpc.pt", "snn"))
     v0 = [m.v0 for m in paper.modules() if hasattr(m, "v0")]
     assert all(v.dim() == 3 and v.shape[1:] != (1, 1) for v in v0[:-1])  # eq. 13 per neuron
