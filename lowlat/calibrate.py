@@ -217,7 +217,7 @@ class CalibConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     gamma: float = 1.0
-    accept: str = "mse"
+    accept: str = "always"
     eval_batch: int = 256
     max_chunk: int = 16
     seed: int = 0

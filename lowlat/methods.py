@@ -17,8 +17,7 @@ Two families stand side by side:
   ``robustnorm_all`` (the percentile over all values, zeros included, as in the SpikingJelly
   tutorial), ``lowlat-lmpc``, ``lowlat-lwc`` and ``lowlat`` (LMPC, LWC and both with the
   recipe of ``phase2.lowlat``: by default the sign-preserving correction per neuron from the
-  unbiased start and Adam with a keep-if-better guard, chosen on the validation split; see the
-  README).
+  unbiased start and Adam, chosen on the validation split; see the README).
 """
 
 from __future__ import annotations
@@ -175,7 +174,7 @@ _TABLE = [
            "LMPC with the phase2.lowlat recipe (default: signed, per neuron, unbiased start)",
            per_T=True, lowlat_recipe=(True, False)),
     Method("lowlat-lwc", "lowlat LWC", "qcann", False,
-           "LWC with the phase2.lowlat recipe (default: unbiased start, Adam, keep-if-better)",
+           "LWC with the phase2.lowlat recipe (default: unbiased start, Adam)",
            per_T=True, lowlat_recipe=(False, True)),
     Method("lowlat", "lowlat (LMPC+LWC)", "qcann", False,
            "LMPC then LWC per layer with the phase2.lowlat recipe", per_T=True,
@@ -204,7 +203,7 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
     return Recipe(lmpc=m.lowlat_recipe[0], lwc=m.lowlat_recipe[1],
                   start=str(lw.get("start", "unbiased")), formula=str(lw.get("formula", "signed")),
                   granularity=str(lw.get("granularity", "neuron")),
-                  optimizer=str(lw.get("optimizer", "adam")), accept=str(lw.get("accept", "mse")))
+                  optimizer=str(lw.get("optimizer", "adam")), accept=str(lw.get("accept", "always")))
 
 
 def convert(method: str, net: nn.Module, T: int | None = None,

@@ -110,7 +110,7 @@ def test_calibrate_full_network_improves_every_layer():
     ann, xs, T = _net(3), torch.rand(256, 6) * 2, 2
     snn = to_snn(ann)
     reports = calibrate(snn, ann, xs, CalibConfig(T=T, iterations=30, batch_size=128, lr=3e-3,
-                                                   eval_batch=128), progress=False)
+                                                   eval_batch=128, accept="mse"), progress=False)
     assert [r["layer"] for r in reports] == ["1", "3"]
     for r in reports:
         assert r["mse_end"] <= r["mse_start"]
