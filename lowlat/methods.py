@@ -201,9 +201,11 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
         raise ValueError(f"method {m.name!r} is not calibrated")
     lw = dict(lowlat or {})
     return Recipe(lmpc=m.lowlat_recipe[0], lwc=m.lowlat_recipe[1],
-                  start=str(lw.get("start", "unbiased")), formula=str(lw.get("formula", "signed")),
+                  start=str(lw.get("start", "unbiased")),
+                  formula=str(lw.get("formula", "signed")),
                   granularity=str(lw.get("granularity", "neuron")),
-                  optimizer=str(lw.get("optimizer", "adam")), accept=str(lw.get("accept", "always")))
+                  optimizer=str(lw.get("optimizer", "adam")),
+                  accept=str(lw.get("accept", "always")))
 
 
 def convert(method: str, net: nn.Module, T: int | None = None,
