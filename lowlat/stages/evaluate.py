@@ -103,12 +103,14 @@ def run_eval(ctx: Context) -> dict:
     tf = transform_eval(dm)
     timesteps = sorted(int(t) for t in e.timesteps)
     val = list(limited(dm.val_dataloader(), e.limit_batches))
-    test = list(limited(dm.test_dataloader(), e.limit_batches))
+    test_loader = dm.test_dataloader()  # the one read of the test split
+    test = list(limited(test_loader, e.limit_batches))
     summary = _describe(ctx, arts)
     summary["fingerprint"] = eval_fingerprint(ctx, arts, snns)
     summary["val_images"] = sum(len(y) for _, y in val)
     summary["test_images"] = sum(len(y) for _, y in test)
-    summary["test_images_total"] = dm.test_size if hasattr(dm, "test_size") else None
+    ds = getattr(test_loader, "dataset", None)
+    summary["test_images_total"] = len(ds) if ds is not None and hasattr(ds, "__len__") else None
     nets = {src: load_network(a) for src, a in arts.items()}
     for src, net in nets.items():  # the ANNs the rows start from, on both splits
         key = {"ann": "ann", "qcann": "qcann", "ratenorm": "ratenorm_ann"}[src]
