@@ -100,7 +100,7 @@ def layer_mse(snn, ann, name: str, xs: Tensor, T: int, batch: int, max_chunk: in
 
 @torch.no_grad()
 def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, batch: int,
-               formula: str = "signed", granularity: str = "channel",
+               formula: str = "signed", granularity: str = "neuron",
                max_chunk: int = 16) -> Tensor:
     """Correct ``v^l(0)`` of layer ``name`` by the rate error on the calibration images ``xs``.
 
@@ -134,7 +134,7 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
               weight_decay: float = 0.0, gamma: float = 1.0, eval_batch: int = 256,
               max_chunk: int = 16, seed: int = 0,
               on_step: Callable[[int, float], None] | None = None,
-              accept: str = "mse") -> LayerReport:
+              accept: str = "always") -> LayerReport:
     """Calibrate the weights feeding layer ``name`` by BPTT (eqs. 14-17).
 
     ``accept='mse'`` restores the weights if the layer's MSE rose; ``'always'`` keeps them.
