@@ -31,26 +31,36 @@ def quantize_clip(z: Tensor, lam: Tensor, levels: int, shift: float) -> Tensor:
 
 
 class QCActivation(nn.Module):
-    """Quantize-clip activation with one trainable threshold λ per layer.
+    """Quantize-clip activation with a trainable threshold λ per layer or per channel.
 
     λ is stored as a plain parameter and clamped to ``min_lambda`` in the forward pass, so a
     negative step of the optimiser can never flip the sign of the threshold (λ <= 0 would turn
-    the layer off or invert it).
+    the layer off or invert it). A per-channel λ is a tensor shaped to broadcast over one
+    sample (``[C, 1, 1]`` after a conv, ``[C]`` after a linear layer), so the IF neurons it
+    becomes take it as their threshold unchanged. A skeleton built with a scalar λ takes the
+    shape of the λ in the state dict it loads.
     """
 
     def __init__(
-        self, levels: int = 8, shift: float = 0.0, init_lambda: float = 8.0,
+        self, levels: int = 8, shift: float = 0.0, init_lambda: float | Tensor = 8.0,
         min_lambda: float = 1e-3,
     ) -> None:
         super().__init__()
         if int(levels) < 1:
             raise ValueError(f"QCActivation: levels (L) must be >= 1, got {levels}")
-        if init_lambda <= 0:
-            raise ValueError(f"QCActivation: init_lambda must be > 0, got {init_lambda}")
+        lam = torch.as_tensor(init_lambda, dtype=torch.float32).detach().clone()
+        if not bool(torch.isfinite(lam).all()) or bool((lam <= 0).any()):
+            raise ValueError(f"QCActivation: init_lambda must be finite and > 0, got {lam}")
         self.levels = int(levels)
         self.shift = float(shift)
         self.min_lambda = float(min_lambda)
-        self.lam = nn.Parameter(torch.tensor(float(init_lambda)))
+        self.lam = nn.Parameter(lam)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        stored = state_dict.get(prefix + "lam")
+        if stored is not None and stored.shape != self.lam.shape:
+            self.lam = nn.Parameter(torch.empty_like(stored))  # per-channel λ from an artifact
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def threshold(self) -> Tensor:
@@ -61,7 +71,9 @@ class QCActivation(nn.Module):
         return quantize_clip(z, self.threshold, self.levels, self.shift)
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, shift={self.shift}, lam={float(self.lam):.4g}"
+        shape = "" if self.lam.dim() == 0 else f" per channel {tuple(self.lam.shape)}"
+        return (f"levels={self.levels}, shift={self.shift}, "
+                f"lam={float(self.lam.mean()):.4g}{shape}")
 
 
 class RateNorm(nn.Module):

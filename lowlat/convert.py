@@ -125,13 +125,16 @@ def replace_max_pooling(model: nn.Module) -> nn.Module:
 
 
 def to_snn(
-    model: nn.Module, thresholds: dict[str, float] | None = None, gamma: float = 1.0,
+    model: nn.Module, thresholds: dict[str, float | torch.Tensor] | None = None,
+    gamma: float = 1.0,
 ) -> fx.GraphModule:
     """Fold BN and replace every activation call site by an :class:`IFNeuron` (θ = λ, spike
     value θ).
 
     ``thresholds`` gives θ per activation site for plain ReLU/ReLU6 networks (MaxNorm,
-    RobustNorm; ReLU6 caps θ at 6); QC and Rate-Norm activations carry their own threshold.
+    RobustNorm; ReLU6 caps θ at 6): a number, or a per-channel tensor shaped to broadcast over
+    one sample (``[C, 1, 1]``, as :func:`activation_stats` returns it). QC and Rate-Norm
+    activations carry their own threshold (per layer or per channel).
     """
     gm = fold_bn(model)
     check_convertible(gm)
@@ -145,11 +148,13 @@ def to_snn(
                     "(maxnorm/robustnorm statistics) or convert a QC-ANN"
                 )
             cap = 6.0 if isinstance(m, nn.ReLU6) else float("inf")
-            theta = torch.tensor(min(float(thresholds[name]), cap))
+            theta = torch.as_tensor(thresholds[name], dtype=torch.float32).clamp(max=cap)
         else:
             continue
-        if float(theta) <= 0:
-            raise ConversionError(f"activation {name!r} has threshold {float(theta)} <= 0")
+        if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
+            raise ConversionError(f"activation {name!r} has a threshold that is not finite and "
+                                  f"> 0 (min {float(theta.min())}); a silent channel or layer "
+                                  "needs a positive floor")
         set_module(gm, name, IFNeuron(theta, gamma=gamma))
     gm.recompile()
     return gm
@@ -159,11 +164,15 @@ def to_snn(
 def activation_stats(
     model: nn.Module, batches: Iterable[torch.Tensor], percentile: float = 99.9,
     max_samples: int = 2_000_000, seed: int = 0,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | torch.Tensor]]:
     """Per-activation statistics of the outputs on ``batches`` (ANN in eval mode): ``max``,
-    ``percentile`` over all values, zeros included (the SpikingJelly tutorial's RobustNorm), and
+    ``percentile`` over all values, zeros included (the SpikingJelly tutorial's RobustNorm),
     ``percentile_nonzero`` over the non-zero values only (Rueckauer et al. 2017's definition),
-    each on a uniform subsample of at most ``max_samples`` values a layer.
+    each on a uniform subsample of at most ``max_samples`` values a layer, and
+    ``percentile_channel``: the percentile of each output channel over samples and positions,
+    zeros included (SpikingJelly's channel-wise recipe), as a tensor that broadcasts over one
+    sample (``[C, 1, 1]`` or ``[C]``), from at most ``max_samples`` values a layer too, and
+    ``max_channel``, each channel's maximum, in the same shape.
     """
     model = trace(model.eval())  # per call site: a shared module gets one statistic per site
     names = activation_names(model)
@@ -172,16 +181,30 @@ def activation_stats(
     gen = torch.Generator().manual_seed(seed)
     maxima: dict[str, float] = dict.fromkeys(names, 0.0)
     samples: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    per_channel: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    shapes: dict[str, tuple[int, ...]] = {}
+    channel_max: dict[str, torch.Tensor] = {}
     hooks = []
 
     def hook(name):
         def fn(_m, _i, out):
-            flat = out.detach().flatten().float().cpu()
+            out = out.detach().float().cpu()
+            flat = out.flatten()
             maxima[name] = max(maxima[name], float(flat.max()))
             if flat.numel() > max_samples // 8:
                 idx = torch.randint(flat.numel(), (max_samples // 8,), generator=gen)
                 flat = flat[idx]
             samples[name].append(flat)
+            c = out.shape[1] if out.dim() > 1 else 1
+            shapes[name] = (c,) + (1,) * max(0, out.dim() - 2)
+            cols = out.transpose(0, 1).reshape(c, -1)  # [B, C, ...] -> [C, B·...]
+            keep = max(1, max_samples // (8 * c))
+            if cols.shape[1] > keep:
+                cols = cols[:, torch.randint(cols.shape[1], (keep,), generator=gen)]
+            per_channel[name].append(cols)
+            m = out.transpose(0, 1).reshape(c, -1).amax(dim=1)
+            channel_max[name] = m if name not in channel_max else torch.maximum(
+                channel_max[name], m)
         return fn
 
     mods = dict(model.named_modules())
@@ -193,13 +216,17 @@ def activation_stats(
     finally:
         for h in hooks:
             h.remove()
-    out = {}
+    out: dict[str, dict[str, float | torch.Tensor]] = {}
     for n in names:
         v = torch.cat(samples[n])
         if v.numel() > max_samples:
             v = v[torch.randperm(v.numel(), generator=gen)[:max_samples]]
+        cols = torch.cat(per_channel[n], dim=1)  # [C, samples]
+        k = max(1, min(cols.shape[1], int(round(percentile / 100 * cols.shape[1]))))
+        pc = cols.kthvalue(k, dim=1).values.view(shapes[n])
         out[n] = {"max": maxima[n], "percentile": _percentile(v, percentile),
-                  "percentile_nonzero": _percentile(v[v != 0], percentile)}
+                  "percentile_nonzero": _percentile(v[v != 0], percentile),
+                  "percentile_channel": pc, "max_channel": channel_max[n].view(shapes[n])}
     return out
 
 

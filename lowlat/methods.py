@@ -27,11 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import fx, nn
 
 from lowlat.activations import QCActivation
 from lowlat.artifacts import build_network
-from lowlat.convert import to_snn
+from lowlat.convert import fold_bn, to_snn
+from lowlat.graph import set_module
 from lowlat.neurons import spiking_layers
 
 Source = Literal["qcann", "ann", "ratenorm"]
@@ -122,11 +124,59 @@ def unbiased(qcann: nn.Module, **_: Any) -> fx.GraphModule:
     return snn
 
 
-def relu_thresholds(ann: nn.Module, stats: dict[str, dict[str, float]] | None = None,
-                    key: str = "max", **_: Any) -> fx.GraphModule:
+def _thresholds(stats: dict[str, dict[str, Any]] | None, key: str) -> dict[str, torch.Tensor]:
     if stats is None:
-        raise ValueError("MaxNorm/RobustNorm need activation statistics of the ReLU ANN")
-    return to_snn(ann, thresholds={n: max(s[key], 1e-6) for n, s in stats.items()})
+        raise ValueError("MaxNorm/RobustNorm/ChannelNorm need activation statistics of the "
+                         "ReLU ANN")
+    # a silent layer or channel (statistic 0) gets a tiny positive θ, as SpikingJelly's eps
+    return {n: torch.as_tensor(s[key], dtype=torch.float32).clamp(min=1e-6)
+            for n, s in stats.items()}
+
+
+def relu_thresholds(ann: nn.Module, stats: dict[str, dict[str, Any]] | None = None,
+                    key: str = "max", **_: Any) -> fx.GraphModule:
+    return to_snn(ann, thresholds=_thresholds(stats, key))
+
+
+def channelnorm(ann: nn.Module, stats: dict[str, dict[str, Any]] | None = None,
+                **_: Any) -> fx.GraphModule:
+    """SpikingJelly 2.0's ``RateCodingRecipe(mode='99.9%', channel_wise=True,
+    half_threshold=True)``: θ per output channel = the channel's 99.9th percentile (zeros
+    included), v(0) = θ/2, spikes carry θ."""
+    return set_v0_fraction(to_snn(ann, thresholds=_thresholds(stats, "percentile_channel")), 0.5)
+
+
+class ClipTarget(nn.Module):
+    """``clamp(x, 0, θ)``: what an IF neuron of threshold θ can represent of a ReLU."""
+
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("theta", theta.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.relu(x), self.theta)
+
+
+def calibration_pair(start: str, net: nn.Module,
+                     stats: dict[str, dict[str, Any]] | None = None,
+                     ) -> tuple[fx.GraphModule, nn.Module]:
+    """The SNN a calibration starts from and the network whose activations it matches.
+
+    QC-ANN starts match the QC-ANN itself; ``channelnorm`` (from the ReLU ANN) matches the
+    ANN's activations clipped at each channel's θ, the most its neurons can carry.
+    """
+    if start not in STARTS:
+        raise ValueError(f"unknown calibration start {start!r}; valid: {', '.join(STARTS)}")
+    if START_SOURCE[start] == "qcann":
+        return STARTS[start](net), net
+    snn = STARTS[start](net, stats=stats)
+    th = _thresholds(stats, "percentile_channel")
+    target = fold_bn(net)
+    for name, m in list(target.named_modules()):
+        if isinstance(m, nn.ReLU | nn.ReLU6):
+            set_module(target, name, ClipTarget(th[name]))
+    target.recompile()
+    return snn, target.eval()
 
 
 def ratenorm(rn: nn.Module, **_: Any) -> fx.GraphModule:
@@ -134,7 +184,9 @@ def ratenorm(rn: nn.Module, **_: Any) -> fx.GraphModule:
 
 
 STARTS: dict[str, Callable[..., fx.GraphModule]] = {
-    "phase1": phase1, "opti": opti, "unbiased": unbiased}
+    "phase1": phase1, "opti": opti, "unbiased": unbiased, "channelnorm": channelnorm}
+START_SOURCE: dict[str, Source] = {
+    "phase1": "qcann", "opti": "qcann", "unbiased": "qcann", "channelnorm": "ann"}
 
 # ------------------------------------------------------------------ the table
 
@@ -170,6 +222,10 @@ _TABLE = [
     Method("robustnorm_all", "Robust Norm (all values)", "ann", False,
            "ReLU ANN, θ = 99.9th percentile of all activations, zeros included",
            convert=relu_thresholds, stats="percentile"),
+    Method("channelnorm", "Channel Norm (SpikingJelly)", "ann", False,
+           "ReLU ANN, θ per channel = its 99.9th percentile (zeros included), v(0) = θ/2: "
+           "SpikingJelly 2.0's channel-wise RateCodingRecipe, the peer baseline",
+           convert=channelnorm, stats="percentile_channel"),
     Method("lowlat-lmpc", "lowlat LMPC", "qcann", False,
            "LMPC with the phase2.lowlat recipe (default: signed, per neuron, unbiased start)",
            per_T=True, lowlat_recipe=(True, False)),
@@ -208,6 +264,11 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   accept=str(lw.get("accept", "always")))
 
 
+def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:
+    """The artifact a calibrated method's start is converted from (``qcann`` or ``ann``)."""
+    return START_SOURCE[recipe(method, lowlat).start]
+
+
 def convert(method: str, net: nn.Module, T: int | None = None,
             stats: dict[str, dict[str, float]] | None = None) -> fx.GraphModule:
     """The uncalibrated SNN of ``method`` from its source network (see ``Method.source``)."""
@@ -237,11 +298,16 @@ def convert_relu_ann(ann: nn.Module, stats: dict[str, dict[str, float]],
 def load_snn(art: dict) -> fx.GraphModule:
     """Rebuild a calibrated SNN from its artifact (skeleton → conversion → stored buffers);
     registered architectures and user factories (:func:`lowlat.api.save_snn`) alike."""
-    snn = to_snn(build_network(art["arch"], art["act"]))
+    net = build_network(art["arch"], art["act"])
+    placeholder = None
+    if art["act"].get("name") == "relu":  # a start from the ReLU ANN: θ comes from the state
+        from lowlat.convert import activation_names
+        placeholder = dict.fromkeys(activation_names(net), 1.0)
+    snn = to_snn(net, thresholds=placeholder)
     state = art["state_dict"]
-    for name, m in spiking_layers(snn):
-        m.v0 = state[f"{name}.v0"].clone()
-        m.shift = state[f"{name}.shift"].clone()
+    for name, m in spiking_layers(snn):  # per-neuron / per-channel buffers take stored shapes
+        for buf in ("theta", "amplitude", "v0", "shift"):
+            setattr(m, buf, state[f"{name}.{buf}"].clone())
     snn.load_state_dict(state)
     if art.get("graph") is not None and art["graph"] != snn.code:
         warnings.warn(f"load_snn: {art['arch'].get('factory', art['arch'].get('name'))} now "

@@ -72,6 +72,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {vf}: model selection and "
                           "every tuned default need a validation split that is not the test split")
     _one_of("phase1.activation", cfg.phase1.activation, ("qc", "ratenorm"))
+    _one_of("phase1.granularity", cfg.phase1.get("granularity", "layer"), ("layer", "channel"))
     il = cfg.phase1.init_lambda
     if not (il in ("percentile", "max") or (isinstance(il, int | float) and il > 0)):
         raise ConfigError(f"phase1.init_lambda must be percentile, max or a number > 0, got {il!r}")

@@ -28,7 +28,7 @@ from lowlat.artifacts import (
 from lowlat.convert import activation_stats, to_snn
 from lowlat.lit import evaluate
 from lowlat.methods import convert as convert_method
-from lowlat.methods import get_method, load_snn
+from lowlat.methods import get_method, load_snn, start_source
 from lowlat.results import rows_from_stats, write_results
 from lowlat.simulate import evaluate_snn, layer_macs
 from lowlat.stages.common import (
@@ -53,14 +53,17 @@ def _inputs(ctx: Context) -> tuple[dict[str, dict], dict[tuple[int, str], dict]]
         arts[src] = load_artifact(run / SOURCE_FILE[src], src)
     if (run / ANN).is_file() and "ann" not in arts:
         arts["ann"] = load_artifact(run / ANN, "ann")
-    qc_fp = arts["qcann"]["fingerprint"]
     snns = {}
     for m in (m for m in methods if m.calibrated):
+        src = start_source(m, OmegaConf.to_container(ctx.cfg.phase2.lowlat, resolve=True))
+        if src not in arts:
+            arts[src] = load_artifact(run / SOURCE_FILE[src], src)
         for T in sorted(int(t) for t in ctx.cfg.phase2.timesteps):
             art = load_artifact(run / snn_name(T, m.name), "snn")
-            if art.get("upstream") != qc_fp:
+            if art.get("upstream") != arts[src]["fingerprint"]:
                 raise ArtifactError(
-                    f"{run / snn_name(T, m.name)} was calibrated from another {QCANN} (stale); "
+                    f"{run / snn_name(T, m.name)} was calibrated from another "
+                    f"{SOURCE_FILE[src]} (stale); "
                     f"rerun stage=phase2 'phase2.timesteps=[{T}]' 'phase2.methods=[{m.name}]'")
             snns[(T, m.name)] = art
     return arts, snns

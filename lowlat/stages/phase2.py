@@ -12,8 +12,9 @@ import time
 import torch
 from omegaconf import OmegaConf
 
+from lowlat import methods
 from lowlat.artifacts import (
-    QCANN,
+    SOURCE_FILE,
     ArtifactError,
     load_artifact,
     load_network,
@@ -21,7 +22,8 @@ from lowlat.artifacts import (
     snn_name,
 )
 from lowlat.calibrate import CalibConfig, calibrate
-from lowlat.methods import STARTS, get_method, recipe
+from lowlat.convert import activation_stats
+from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
@@ -49,22 +51,33 @@ def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
         seed=int(ctx.cfg.seed))
 
 
-def artifact_fp(ctx: Context, method: str, T: int, qc_fp: str) -> str:
-    """What a calibrated artifact depends on: its recipe, budget, data size and the QC-ANN."""
+def start_source(ctx: Context, method: str) -> str:
+    return methods.start_source(method, OmegaConf.to_container(ctx.cfg.phase2.lowlat,
+                                                               resolve=True))
+
+
+def artifact_fp(ctx: Context, method: str, T: int, source_fp: str) -> str:
+    """What a calibrated artifact depends on: its recipe, budget, data size and its source
+    artifact (and, for a start from the ReLU ANN, the statistics its thresholds come from)."""
     from dataclasses import asdict
 
-    return ctx.fp("phase2.calib_samples", "seed", "data.val_fraction",
-                  upstream=f"{qc_fp}:{method}:{asdict(calib_config(ctx, method, T))}")
+    keys = ["phase2.calib_samples", "seed", "data.val_fraction"]
+    if start_source(ctx, method) == "ann":
+        keys += ["eval.stat_images", "eval.robust_percentile"]
+    return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{asdict(calib_config(ctx, method, T))}")
 
 
 def run_phase2(ctx: Context) -> dict:
     cfg, p = ctx.cfg, ctx.cfg.phase2
-    qc_art = load_artifact(ctx.run_dir / QCANN, "qcann")
-    check_arch(ctx, qc_art, ctx.run_dir / QCANN)
+    arts: dict[str, dict] = {}
+    for src in sorted({start_source(ctx, m) for m in p.methods}):
+        arts[src] = load_artifact(ctx.run_dir / SOURCE_FILE[src], src)
+        check_arch(ctx, arts[src], ctx.run_dir / SOURCE_FILE[src])
     todo = []
     for T in sorted(int(t) for t in p.timesteps):
         for method in p.methods:
-            fp = artifact_fp(ctx, method, T, qc_art["fingerprint"])
+            src_art = arts[start_source(ctx, method)]
+            fp = artifact_fp(ctx, method, T, src_art["fingerprint"])
             try:
                 done = load_artifact(ctx.run_dir / snn_name(T, method), "snn")
             except ArtifactError:
@@ -80,7 +93,12 @@ def run_phase2(ctx: Context) -> dict:
     if int(p.calib_samples) > dm.train_size:
         raise ValueError(f"phase2.calib_samples={p.calib_samples} exceeds the training set "
                          f"({dm.train_size} images)")
-    qcann = load_network(qc_art).to(ctx.device)
+    nets = {src: load_network(a).to(ctx.device) for src, a in arts.items()}
+    stats = None
+    if "ann" in nets:  # per-channel thresholds of a start from the ReLU ANN (as stage eval)
+        n = min(int(cfg.eval.stat_images), dm.train_size)
+        batches = [x for x, _ in calibration_images(dm, n, dm.batch_size, ctx.device)]
+        stats = activation_stats(nets["ann"], batches, percentile=float(cfg.eval.robust_percentile))
     xs = torch.cat([x for x, _ in calibration_images(
         dm, int(p.calib_samples), int(p.calib_batch), ctx.device)])  # [N, C, H, W]
     tf = transform_eval(dm)
@@ -92,7 +110,9 @@ def run_phase2(ctx: Context) -> dict:
         cc = calib_config(ctx, method, T)
         torch.manual_seed(int(cfg.seed))
         start = recipe(method, OmegaConf.to_container(p.lowlat, resolve=True)).start
-        snn = STARTS[start](qcann).to(ctx.device)
+        src_art = arts[START_SOURCE[start]]
+        snn, target = calibration_pair(start, nets[START_SOURCE[start]], stats)
+        snn = snn.to(ctx.device)
 
         def log_layer(rep: dict, T=T, method=method) -> None:
             nonlocal step
@@ -103,7 +123,7 @@ def run_phase2(ctx: Context) -> dict:
             step += 1
 
         t0 = time.time()
-        reports = calibrate(snn, qcann, xs, cc, log=log_layer)
+        reports = calibrate(snn, target, xs, cc, log=log_layer)
         seconds = time.time() - t0
         reset_states(snn)
         st = evaluate_snn(snn, val, [T], transform=tf, max_chunk=int(cfg.eval.max_chunk),
@@ -111,10 +131,10 @@ def run_phase2(ctx: Context) -> dict:
         val_top1 = st.accuracy()[T]
         metrics = {"val_top1": val_top1, "val_images": st.n, "calib_seconds": seconds,
                    "layers": reports}
-        save_artifact(ctx.run_dir / snn_name(T, method), "snn", snn.cpu(), qc_art["arch"],
-                      qc_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
-                      label=get_method(method).label, upstream=qc_art["fingerprint"],
-                      recipe=cc.__dict__)
+        save_artifact(ctx.run_dir / snn_name(T, method), "snn", snn.cpu(), src_art["arch"],
+                      src_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
+                      label=get_method(method).label, upstream=src_art["fingerprint"],
+                      recipe={**cc.__dict__, "start": start})
         log_metrics(loggers, {f"phase2/{method}/T{T}/val_top1": val_top1,
                               f"phase2/{method}/T{T}/calib_seconds": seconds}, step)
         log.info("phase2 %s T=%d: validation top-1 %.4f (calibration %.1fs)", method, T,

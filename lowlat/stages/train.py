@@ -6,6 +6,7 @@ import time
 
 import hydra
 import lightning as L
+import torch
 from torch import nn
 
 from lowlat.activations import QCActivation, RateNorm
@@ -86,15 +87,19 @@ def run_phase1(ctx: Context) -> dict:
     stats = activation_stats(ann, batches, percentile=float(p.init_percentile))
     act_name = str(p.activation)
     if act_name == "qc":
-        def init(name: str) -> float:
-            if p.init_lambda == "percentile":
-                return stats[name]["percentile"]
-            if p.init_lambda == "max":
-                return stats[name]["max"]
-            return float(p.init_lambda)
+        per_channel = str(p.granularity) == "channel"
+        suffix = "_channel" if per_channel else ""
+
+        def init(name: str) -> torch.Tensor:
+            if p.init_lambda in ("percentile", "max"):
+                lam = torch.as_tensor(stats[name][f"{p.init_lambda}{suffix}"])
+            else:
+                lam = torch.full(stats[name]["percentile_channel"].shape if per_channel else (),
+                                 float(p.init_lambda))
+            return lam.float().clamp(min=1e-3)
 
         model = swap_activations(ann, lambda n: QCActivation(
-            int(p.levels), float(p.shift), init_lambda=max(init(n), 1e-3)))
+            int(p.levels), float(p.shift), init_lambda=init(n)))
         act = {"name": "qc", "kwargs": {"levels": int(p.levels), "shift": float(p.shift)}}
     else:
         def make_rn(name: str) -> RateNorm:
@@ -114,7 +119,8 @@ def run_phase1(ctx: Context) -> dict:
                                                      ann_art["metrics"].get("best_val_top1"))
     metrics["init_val_top1"] = init_top1
     metrics["freeze_bn"] = bool(p.freeze_bn)
-    metrics["thresholds"] = {n: float(m.threshold) for n, m in model.named_modules()
+    metrics["granularity"] = str(p.granularity)
+    metrics["thresholds"] = {n: float(m.threshold.mean()) for n, m in model.named_modules()
                              if isinstance(m, QCActivation | RateNorm)}
     out = ctx.run_dir / phase1_artifact_name(act_name)
     save_artifact(out, "qcann" if act_name == "qc" else "ratenorm", model, ann_art["arch"], act,
