@@ -56,19 +56,26 @@ def test_paper_values_distinguish_tables() -> None:
     assert report.paper_value("cifar100_vgg16", 3, "opt", 4) is None  # printed as "—"
 
 
-@pytest.mark.parametrize(("cfg", "key"), [
-    ({"data": {"_target_": "lowlat.data.CIFARDataModule", "name": "cifar100"},
-      "model": {"name": "resnet20"}}, "cifar100_resnet20"),
-    ({"data": {"_target_": "lowlat.data.ImageFolderDataModule",
-               "root": "/d/cifar10-jpeg.tar.gz"}, "model": {"name": "vgg16"}}, "cifar10_vgg16"),
-    ({"experiment_name": "cifar10_resnet20"}, "cifar10_resnet20"),
-    ({"data": {"_target_": "lowlat.data.DigitsDataModule"}, "model": {"name": "small_cnn"}},
-     report.DEFAULT_PAPER),
+@pytest.mark.parametrize(("dataset", "model", "key"), [
+    ({"_target_": "lowlat.data.CIFARDataModule", "name": "cifar100"}, {"name": "resnet20"},
+     "cifar100_resnet20"),
+    ({"_target_": "lowlat.data.ImageFolderDataModule", "root": "/d/cifar10-jpeg.tar.gz",
+      "num_classes": 10}, {"name": "vgg16"}, "cifar10_vgg16"),
+    ({"_target_": "lowlat.data.ImageFolderDataModule", "root": "/d/imagenet",
+      "num_classes": 1000}, {"name": "vgg16"}, None),
+    ({"_target_": "lowlat.data.DigitsDataModule"}, {"name": "small_cnn"}, None),
+    (None, None, None),  # results written before eval recorded data and model
 ])
-def test_paper_column_from_config(cfg: dict, key: str) -> None:
-    run = report.Run(Path("x"), {"rows": []}, cfg)
-    assert report.paper_key(run)[0] == key
+def test_paper_column_from_results(dataset: dict | None, model: dict | None,
+                                   key: str | None) -> None:
+    """The column the run's recorded data set and model match; None: no column matches, so the
+    headline column is shown, saying so."""
+    run = report.Run(Path("x"), {"rows": [], "dataset": dataset, "model": model})
+    chosen, why = report.paper_key(run)
+    assert chosen == (key or report.DEFAULT_PAPER)
+    assert ("matches no paper column" in why) == (key is None)
     assert report.paper_key(run, "cifar100_vgg16")[0] == "cifar100_vgg16"
+    assert report.paper_key(run, "none")[0] is None
     with pytest.raises(report.ReportError, match="valid"):
         report.paper_key(run, "mnist_lenet")
 
