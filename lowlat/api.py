@@ -14,12 +14,11 @@ which case the :class:`SpikingNetwork` normalises its raw input (and records it 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from lowlat.activations import QCActivation
 from lowlat.artifacts import fingerprint, import_factory, load_artifact, save_artifact
@@ -35,15 +34,9 @@ from lowlat.convert import (
 from lowlat.methods import CALIBRATED, STARTS, get_method, recipe
 from lowlat.methods import convert as convert_method
 from lowlat.methods import load_snn as _rebuild
-from lowlat.neurons import configure, reset_states, spiking_layers
-from lowlat.simulate import (
-    _fan_out,
-    _OpCounter,
-    evaluate_snn,
-    layer_macs,
-    model_without_state,
-    run_snn,
-)
+from lowlat.neurons import reset_states
+from lowlat.simulate import evaluate_snn
+from lowlat.spiking import Recording, SpikingNetwork, normalizer
 
 Data = Tensor | Iterable
 
@@ -70,14 +63,6 @@ def gather(data: Data, n: int | None = None) -> Tensor:
     return torch.cat(out)[:n]
 
 
-def _normalizer(mean, std) -> Callable[[Tensor], Tensor]:
-    if mean is None and std is None:
-        return lambda x: x
-    m = torch.as_tensor(mean if mean is not None else 0.0, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std if std is not None else 1.0, dtype=torch.float32).view(1, -1, 1, 1)
-    return lambda x: (x.float() - m.to(x.device)) / s.to(x.device)
-
-
 def prepare(
     model: nn.Module, data: Data | None = None, *, levels: int = 8, shift: float = 0.0,
     pool: str = "keep", init: str | float = "percentile", percentile: float = 99.9,
@@ -98,7 +83,7 @@ def prepare(
             raise ValueError(f"prepare: init must be 'percentile', 'max' or a number, got {init!r}")
         if data is None:
             raise ValueError("prepare: give data to initialise λ from statistics, or init=<λ>")
-        norm = _normalizer(mean, std)
+        norm = normalizer(mean, std)
         xs = (norm(x) for i, x in enumerate(_inputs(data))
               if max_batches is None or i < max_batches)
         stats = activation_stats(model, xs, percentile=percentile)
@@ -130,91 +115,6 @@ def fine_tune(qcann: nn.Module, train: Iterable, val: Iterable | None = None, *,
     return lit.model.eval()
 
 
-class SpikingNetwork(nn.Module):
-    """A converted SNN with its own time loop.
-
-    ``snn(x)`` runs T steps on the time-folded batch from a fresh state and returns the output
-    averaged over time ``[B, classes]`` (comparable to the ANN's); ``run`` returns every step
-    ``[T, B, classes]``; ``step(x)`` advances one time step and keeps the membrane state until
-    ``reset()`` (SpikingJelly's ``reset_net``), with the same spikes as ``run``.
-    ``net`` is the fx graph of IF neurons (the engine used by :mod:`lowlat.simulate`).
-    """
-
-    def __init__(self, net: fx.GraphModule, T: int, mean=None, std=None,
-                 method: str = "") -> None:
-        super().__init__()
-        self.net, self.T, self.method = net, int(T), method
-        self.mean = None if mean is None else [float(v) for v in torch.as_tensor(mean).flatten()]
-        self.std = None if std is None else [float(v) for v in torch.as_tensor(std).flatten()]
-        self.normalize = _normalizer(self.mean, self.std)
-        self._batch: int | None = None  # batch of the step-by-step sequence under way
-
-    def run(self, x: Tensor, T: int | None = None, chunk: int | None = None) -> Tensor:
-        """``[T, B, classes]`` from a fresh state; ``chunk`` steps per call (default all)."""
-        self._batch = None
-        return run_snn(self.net, self.normalize(x), T or self.T, chunk)
-
-    def forward(self, x: Tensor, T: int | None = None) -> Tensor:
-        return self.run(x, T).mean(0)
-
-    def reset(self) -> None:
-        reset_states(self.net)
-        self._batch = None
-
-    @torch.no_grad()
-    def step(self, x: Tensor, record: bool = False) -> Tensor:
-        """One time step ``[B, classes]``, continuing from the state of the previous step
-        (``record``: neurons accumulate ``spike_count`` since the reset)."""
-        b = x.shape[0]
-        if self._batch is None:
-            reset_states(self.net)
-            self._batch = b
-        elif b != self._batch:
-            raise RuntimeError(f"step: a batch of {b} inside a sequence of batch {self._batch}; "
-                               "call reset() before a new input")
-        configure(self.net, steps=1, batch=b, record=record)
-        return self.net(self.normalize(x))
-
-    @torch.no_grad()
-    def record(self, x: Tensor, T: int | None = None) -> Recording:
-        """Run T steps and return per-layer spike counts, v(T) and synaptic operations."""
-        T = T or self.T
-        xs = self.normalize(x)
-        macs = layer_macs(model_without_state(self.net), xs)
-        counter = _OpCounter(self.net, _fan_out(self.net, xs, macs))
-        counter.steps, counter.batch = T, x.shape[0]
-        try:
-            self._batch = None
-            out = run_snn(self.net, xs, T, record=True)
-        finally:
-            counter.remove()
-            configure(self.net, steps=1, batch=None, record=False)
-        layers = spiking_layers(self.net)
-        return Recording(
-            output=out, T=T,
-            spikes={n: m.spike_count.clone() for n, m in layers},
-            v=({n: m.v.clone() for n, m in layers}),
-            ops=dict(counter.per_layer))
-
-
-@dataclass
-class Recording:
-    """Per-layer statistics of one run (SpikingJelly's monitors): ``spikes`` and ``v`` per neuron
-    site ``[B, ...]`` (spike count over T, membrane potential after step T); ``ops`` per
-    conv/linear layer: synaptic operations over the batch and T steps (nonzero inputs × fan-out;
-    the first layer, fed the analog image, counts its MACs)."""
-
-    output: Tensor  # [T, B, classes]
-    T: int
-    spikes: dict[str, Tensor]
-    v: dict[str, Tensor]
-    ops: dict[str, float]
-
-    def firing_rates(self) -> dict[str, float]:
-        """Spikes per neuron per time step, per layer."""
-        return {n: float(s.sum()) / (s.numel() * self.T) for n, s in self.spikes.items()}
-
-
 def convert(model: nn.Module, method: str = "opti", T: int = 4, data: Data | None = None, *,
             mean=None, std=None, percentile: float = 99.9) -> SpikingNetwork:
     """The SNN of ``method`` (see :mod:`lowlat.methods`): a QC-ANN conversion (``phase1``,
@@ -225,7 +125,7 @@ def convert(model: nn.Module, method: str = "opti", T: int = 4, data: Data | Non
     if m.source == "ann":
         if data is None:
             raise ValueError(f"convert: {method} needs data for the activation statistics")
-        norm = _normalizer(mean, std)
+        norm = normalizer(mean, std)
         stats = activation_stats(model, (norm(x) for x in _inputs(data)), percentile=percentile)
         net = convert_method(method, trace(model), stats=stats)
     elif m.calibrated:

@@ -89,7 +89,7 @@ class SimStats:
                 for T, s in self.rmpe.items()}
 
 
-class _OpCounter:
+class OpCounter:
     """Counts synaptic operations: nonzero inputs x fan-out of every conv/linear layer."""
 
     def __init__(self, model: nn.Module, fan_out: dict[str, float]) -> None:
@@ -171,8 +171,7 @@ def evaluate_snn(
         x, y = transform(x.to(device)), y.to(device)
         b = x.shape[0]
         if stats and counter is None:
-            macs = layer_macs(model_without_state(model), x)
-            counter = _OpCounter(model, _fan_out(model, x, macs))
+            counter = op_counter(model, x)
         reset_states(model)
         acc_out = None
         t = 0
@@ -214,6 +213,13 @@ def model_without_state(model: nn.Module) -> nn.Module:
     reset_states(model)
     configure(model, steps=1, batch=None)
     return model
+
+
+def op_counter(model: nn.Module, x: Tensor) -> OpCounter:
+    """An :class:`OpCounter` hooked into ``model`` (fan-outs measured on one sample of ``x``);
+    call ``remove()`` when done."""
+    macs = layer_macs(model_without_state(model), x)
+    return OpCounter(model, _fan_out(model, x, macs))
 
 
 def _fan_out(model: nn.Module, x: Tensor, macs: dict[str, float]) -> dict[str, float]:

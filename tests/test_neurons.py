@@ -101,8 +101,18 @@ def test_accuracy_at_every_T_in_one_run_matches_separate_runs():
     for T in (1, 3, 8):
         pred = run_snn(snn, x, T).sum(0).argmax(1)
         assert st.correct[T] == int((pred == y).sum())
+    # firing rate = spikes / (neurons · samples · T), spikes counted on the neurons' outputs
+    counts: dict[str, list[int]] = {}
+    hooks = [m.register_forward_hook(
+        lambda _m, _i, out, n=n: counts.setdefault(n, []).append(
+            (int(torch.count_nonzero(out)), out.numel())))
+        for n, m in snn.named_modules() if isinstance(m, IFNeuron)]
+    run_snn(snn, x, 8)
+    for h in hooks:
+        h.remove()
+    expected = {n: sum(c for c, _ in v) / sum(t for _, t in v) for n, v in counts.items()}
     fr = st.firing_rates()[8]
-    assert all(0.0 <= v <= 1.0 for v in fr.values())
+    assert fr == pytest.approx(expected, rel=1e-12) and any(v > 0 for v in fr.values())
     assert set(st.rmpe_share()[8]) == set(fr)
 
 

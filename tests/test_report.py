@@ -56,19 +56,26 @@ def test_paper_values_distinguish_tables() -> None:
     assert report.paper_value("cifar100_vgg16", 3, "opt", 4) is None  # printed as "—"
 
 
-@pytest.mark.parametrize(("cfg", "key"), [
-    ({"data": {"_target_": "lowlat.data.CIFARDataModule", "name": "cifar100"},
-      "model": {"name": "resnet20"}}, "cifar100_resnet20"),
-    ({"data": {"_target_": "lowlat.data.ImageFolderDataModule",
-               "root": "/d/cifar10-jpeg.tar.gz"}, "model": {"name": "vgg16"}}, "cifar10_vgg16"),
-    ({"experiment_name": "cifar10_resnet20"}, "cifar10_resnet20"),
-    ({"data": {"_target_": "lowlat.data.DigitsDataModule"}, "model": {"name": "small_cnn"}},
-     report.DEFAULT_PAPER),
+@pytest.mark.parametrize(("dataset", "model", "key"), [
+    ({"_target_": "lowlat.data.CIFARDataModule", "name": "cifar100"}, {"name": "resnet20"},
+     "cifar100_resnet20"),
+    ({"_target_": "lowlat.data.ImageFolderDataModule", "root": "/d/cifar10-jpeg.tar.gz",
+      "num_classes": 10}, {"name": "vgg16"}, "cifar10_vgg16"),
+    ({"_target_": "lowlat.data.ImageFolderDataModule", "root": "/d/imagenet",
+      "num_classes": 1000}, {"name": "vgg16"}, None),
+    ({"_target_": "lowlat.data.DigitsDataModule"}, {"name": "small_cnn"}, None),
+    (None, None, None),  # results written before eval recorded data and model
 ])
-def test_paper_column_from_config(cfg: dict, key: str) -> None:
-    run = report.Run(Path("x"), {"rows": []}, cfg)
-    assert report.paper_key(run)[0] == key
+def test_paper_column_from_results(dataset: dict | None, model: dict | None,
+                                   key: str | None) -> None:
+    """The column the run's recorded data set and model match; None: no column matches, so the
+    headline column is shown, saying so."""
+    run = report.Run(Path("x"), {"rows": [], "dataset": dataset, "model": model})
+    chosen, why = report.paper_key(run)
+    assert chosen == (key or report.DEFAULT_PAPER)
+    assert ("matches no paper column" in why) == (key is None)
     assert report.paper_key(run, "cifar100_vgg16")[0] == "cifar100_vgg16"
+    assert report.paper_key(run, "none")[0] is None
     with pytest.raises(report.ReportError, match="valid"):
         report.paper_key(run, "mnist_lenet")
 
@@ -115,14 +122,69 @@ def test_report_tables(tiny_run: Path, tmp_path: Path) -> None:
     assert "3,lmpc+lwc,4,,93.28," in csv
 
 
-def test_report_figures(tiny_run: Path, tmp_path: Path) -> None:
+def test_accuracy_figure_plots_the_rows(tiny_run: Path) -> None:
+    """Fig. 3: one solid line per method through its (T, top-1 %) rows, the paper's Table 3
+    curves dashed in the same colour, the ANN as a horizontal line."""
+    run = report.load_run(tiny_run)
+    ax = report.plot_accuracy(run, "cifar10_vgg16").axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    for m in run.methods():
+        rows = sorted((r["T"], 100 * r["top1"]) for r in run.results["rows"] if r["method"] == m)
+        line = lines[report.label(m)]
+        assert list(line.get_xdata()) == [T for T, _ in rows]
+        assert list(line.get_ydata()) == pytest.approx([v for _, v in rows])
+        assert line.get_linestyle() == "-"
+    dashed = [m for m in ("phase1", "lwc", "lmpc+lwc") if m in run.methods()]
+    assert dashed == ["phase1", "lwc", "lmpc+lwc"]
+    for m in dashed:
+        paper = lines[f"{report.label(m)} (paper)"]
+        assert paper.get_linestyle() == "--"
+        assert paper.get_color() == lines[report.label(m)].get_color()
+        assert list(paper.get_ydata()) == [report.paper_value("cifar10_vgg16", 3, m, T)
+                                           for T in paper.get_xdata()]
+    assert list(lines["ANN"].get_ydata()) == pytest.approx([100 * run.results["ann_top1"]] * 2)
+    assert len(lines) == len(run.methods()) + len(dashed) + 1
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("time steps T", "top-1 (%)")
+    assert report.plot_accuracy(run).axes[0].get_title() == "Accuracy vs T"  # no paper: no dashes
+    assert not any("(paper)" in str(x.get_label())
+                   for x in report.plot_accuracy(run).axes[0].get_lines())
+
+
+def test_layer_figures_plot_each_methods_layers(tiny_run: Path) -> None:
+    """Per-layer figures at the smallest calibrated T: firing rate, one line per method; RMPE
+    share, one bar group per layer for Phase I and the calibrated methods."""
     run = report.load_run(tiny_run)
     assert report.default_layer_T(run) == 2  # the smallest calibrated T of the tiny run
-    figs = report.write_figures(run, tmp_path, "cifar10_vgg16")
-    assert {p.name for p in figs} == {"accuracy_vs_T.png", "rmpe_per_layer.png",
-                                      "firing_rate_per_layer.png"}
-    for p in figs:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+    ax = report.plot_firing(run).axes[0]
+    assert ax.get_title() == "Firing rate per layer, T=2"
+    layers = [t.get_text() for t in ax.get_xticklabels()]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    with_rates = [m for m in run.methods() if (run.row(m, 2) or {}).get("firing_rate")]
+    assert set(lines) == {report.label(m) for m in with_rates} and len(with_rates) > 5
+    for m in with_rates:
+        rates = run.row(m, 2)["firing_rate"]
+        assert layers == list(rates)
+        assert list(lines[report.label(m)].get_ydata()) == [rates[n] for n in layers]
+
+    ax = report.plot_rmpe(run).axes[0]
+    assert ax.get_title() == "RMPE share per layer, T=2"
+    shown = ["phase1", "lmpc", "lwc", "lmpc+lwc", "lowlat"]  # phase1 + the calibrated rows at T=2
+    assert [c.get_label() for c in ax.containers] == [report.label(m) for m in shown]
+    for m, bars in zip(shown, ax.containers, strict=True):
+        share = run.row(m, 2)["rmpe_share"]
+        assert [b.get_height() for b in bars] == pytest.approx(list(share.values()))
+
+
+def test_write_figures(tiny_run: Path, tmp_path: Path) -> None:
+    """All three PNGs for a run with layer statistics; only accuracy vs T for one without."""
+    figs = report.write_figures(report.load_run(tiny_run), tmp_path / "a", "cifar10_vgg16")
+    assert [p.name for p in figs] == ["accuracy_vs_T.png", "rmpe_per_layer.png",
+                                      "firing_rate_per_layer.png"]
+    assert all(p.is_file() for p in figs)
+    bare = report.Run(Path("x"), {"rows": [{"method": "phase1", "T": 4, "top1": 0.5}]})
+    assert report.plot_rmpe(bare) is None and report.plot_firing(bare) is None
+    assert [p.name for p in report.write_figures(bare, tmp_path / "b")] == ["accuracy_vs_T.png"]
 
 
 def test_default_out_and_paper_fallback(tiny_run: Path, tmp_path: Path) -> None:

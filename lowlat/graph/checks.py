@@ -1,19 +1,15 @@
-"""Tracing and graph checks for conversion: one IF neuron per activation call site.
+"""Graph checks for conversion: what the time-folded SNN simulator can run faithfully.
 
-:func:`trace` returns an fx graph in which every activation *call site* is its own module
-(a module called twice, like torchvision's ``BasicBlock.relu``, is split into copies; ``F.relu``,
-``torch.relu``, ``x.relu()`` and ``F.relu6`` become ``nn.ReLU``/``nn.ReLU6`` modules), so each site
-gets its own neuron and its own membrane state. :func:`check_convertible` walks the graph once,
-tracking which values are static (computed from the image before the first neuron, ``[B, ...]``)
-and which are time-folded spikes (``[k·B, ...]``); it refuses, by node and source line, what the
-simulator cannot run faithfully, and rewrites the two patterns it can make valid: a reshape to the
-batch size taken elsewhere (``x.view(b, -1)``) and a static value added to spikes (a skip
-connection taken before the first neuron).
+:func:`check_convertible` walks a traced graph once, tracking which values are static (computed
+from the image before the first neuron, ``[B, ...]``) and which are time-folded spikes
+(``[k·B, ...]``); it refuses, by node and source line, what the simulator cannot run faithfully,
+and rewrites the two patterns it can make valid: a reshape to the batch size taken elsewhere
+(``x.view(b, -1)``) and a static value added to spikes (a skip connection taken before the first
+neuron).
 """
 
 from __future__ import annotations
 
-import copy
 import operator
 
 import torch
@@ -21,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from lowlat.activations import ACTIVATIONS
+from lowlat.graph.tracing import ConversionError
 from lowlat.neurons import IFNeuron
 
 # Layers that act on each time step independently and linearly (or are pure reshapes), so they
@@ -35,8 +32,6 @@ MAX_POOL_HINT = (
     "(lowlat.convert.replace_max_pooling(model), or lowlat.api.prepare(model, pool='avg'), "
     "then fine-tune)"
 )
-ACT_FUNCTIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, torch.relu_: nn.ReLU, F.relu6: nn.ReLU6}
-ACT_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU}
 LINEAR_FUNCTIONS = {  # per-sample linear ops that take one signal and act on dims >= 1
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d, F.dropout,
 }
@@ -50,102 +45,17 @@ SUPPORTED = (
 STATIC, TIMED, META, BATCH, CONST = "static", "timed", "meta", "batch", "const"
 
 
-class ConversionError(ValueError):
-    """A graph node the SNN simulator cannot run faithfully (message names it and the fix)."""
-
-
-class _LeafActTracer(fx.Tracer):
-    """Keeps activations and neurons as single graph nodes so they can be swapped by name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.record_stack_traces = True  # source lines for error messages
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (*ACTIVATIONS, IFNeuron))
-                or type(m).__module__.startswith("onnx2torch")  # refused by name, not traced
-                or super().is_leaf_module(m, qualname))
-
-
-def _user_frame(tb) -> str:
-    """``file:line`` of the innermost traceback frame outside torch (the user's forward)."""
-    where = ""
-    while tb is not None:
-        f = tb.tb_frame.f_code.co_filename
-        if "/torch/" not in f and "/lowlat/graph.py" not in f:
-            where = f"{f}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return where
-
-
-def _free_name(root: nn.Module, base: str) -> str:
-    name, i = base, 1
-    while True:
-        try:
-            root.get_submodule(name)
-        except AttributeError:
-            return name
-        name, i = f"{base}_{i}", i + 1
-
-
-def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """fx-trace ``model`` with one activation module per call site (modules shared with it).
-
-    Copies made for the second and later calls of a shared module are named ``<name>_1``, ...;
-    functional activations become modules named after their graph node.
-    """
-    tracer = _LeafActTracer()
-    try:
-        graph = tracer.trace(model)
-    except fx.proxy.TraceError as e:
-        where = _user_frame(e.__traceback__)
-        raise ConversionError(
-            f"cannot trace {type(model).__name__}{' at ' + where if where else ''}: {e}. "
-            "The forward pass branches or loops on tensor values, which a converted SNN cannot "
-            "follow; make the branch depend on constructor arguments only (or move it out of "
-            "forward)") from e
-    if isinstance(model, fx.GraphModule):  # keep the user's source lines, not generated code
-        lines = {n.name: n.stack_trace for n in model.graph.nodes if n.stack_trace}
-        for node in graph.nodes:
-            if node.name in lines and "<eval_with_key>" in (node.stack_trace or ""):
-                node.stack_trace = lines[node.name]
-    gm = fx.GraphModule(model, graph, model.__class__.__name__)
-    seen: set[str] = set()
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ACTIVATIONS):
-            if node.target in seen:  # a second call site: its own copy
-                name = _free_name(gm, node.target)
-                set_module(gm, name, copy.deepcopy(gm.get_submodule(node.target)))
-                node.target = name
-            seen.add(node.target)
-        elif (node.op == "call_function" and node.target in ACT_FUNCTIONS) or (
-                node.op == "call_method" and node.target in ACT_METHODS):
-            kind = (ACT_FUNCTIONS if node.op == "call_function" else ACT_METHODS)[node.target]
-            name = _free_name(gm, node.name)
-            set_module(gm, name, kind())
-            with gm.graph.inserting_before(node):
-                new = gm.graph.call_module(name, (node.args[0],))
-            new.meta, new.stack_trace = node.meta, node.stack_trace
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
-            seen.add(name)
-    gm.graph.lint()
-    gm.recompile()
-    return gm
-
-
 def time_broadcast(x: Tensor, like: Tensor) -> Tensor:
     """A static ``[B, ...]`` value repeated for each step of time-folded ``like`` ``[k·B, ...]``."""
     if x.shape[0] == like.shape[0]:
         return x
     k = like.shape[0] // x.shape[0]
     return x.unsqueeze(0).expand(k, *x.shape).flatten(0, 1)  # [k, B, ...] -> [k·B, ...]
+
+
+# fx names a function in generated code after its module: keep the name saved SNNs' graphs
+# (lowlat.api.save_snn) recorded before lowlat.graph became a package, so they load unchanged.
+time_broadcast.__module__ = "lowlat.graph"
 
 
 def _where(node: fx.Node) -> str:
