@@ -99,20 +99,10 @@ def layer_mse(snn, ann, name: str, xs: Tensor, T: int, batch: int, max_chunk: in
 
 
 @torch.no_grad()
-def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, batch: int,
-               formula: str = "signed", granularity: str = "neuron",
-               max_chunk: int = 16) -> Tensor:
-    """Correct ``v^l(0)`` of layer ``name`` by the rate error on the calibration images ``xs``.
-
-    φ is measured with the v(0) the layer has now (its start); the correction is added to it.
-    """
-    if formula not in ("abs", "signed"):
-        raise ValueError(f"LMPC formula must be abs or signed, got {formula!r}")
-    if granularity not in ("neuron", "channel"):
-        raise ValueError(f"LMPC granularity must be neuron or channel, got {granularity!r}")
-    neuron: IFNeuron = snn.get_submodule(name)
-    err_sum = None
-    n = 0
+def _rate_error(snn, ann, name: str, xs: Tensor, T: int, batch: int, formula: str,
+                max_chunk: int) -> Tensor:
+    """Mean over the images of ``h − φ`` (or ``|h − φ|``) per neuron: ``[C, H, W]`` or ``[F]``."""
+    err_sum, n = None, 0
     for x in _batches(xs, batch):
         e = ann_activation(ann, name, x) - snn_rate(snn, name, x, T, max_chunk)  # [B, ...]
         if formula == "abs":
@@ -120,12 +110,42 @@ def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ba
         s = e.sum(0)
         err_sum = s if err_sum is None else err_sum + s
         n += x.shape[0]
-    corr = T * err_sum / n  # per neuron: [C, H, W] or [F]
-    if granularity == "channel" and corr.dim() == 3:
-        corr = corr.mean(dim=(1, 2), keepdim=True)  # [C, H, W] -> [C, 1, 1]
-    elif granularity == "channel" and corr.dim() == 1:
-        pass  # a linear layer: one neuron per channel
-    neuron.v0 = (neuron.v0 + corr).detach()
+    return err_sum / n
+
+
+@torch.no_grad()
+def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, batch: int,
+               formula: str = "signed", granularity: str = "neuron",
+               max_chunk: int = 16, iterations: int = 1) -> Tensor:
+    """Correct ``v^l(0)`` of layer ``name`` by the rate error on the calibration images ``xs``.
+
+    φ is measured with the v(0) the layer has now (its start); the correction is added to it.
+    ``iterations > 1`` repeats measurement and correction (signed only), because the rate
+    responds to v(0) in steps of θ/T, so one correction leaves part of the bias; it stops, and
+    keeps the best v(0), when the summed absolute bias no longer shrinks (cf. Hao et al. 2023).
+    """
+    if formula not in ("abs", "signed"):
+        raise ValueError(f"LMPC formula must be abs or signed, got {formula!r}")
+    if granularity not in ("neuron", "channel"):
+        raise ValueError(f"LMPC granularity must be neuron or channel, got {granularity!r}")
+    if iterations < 1 or (formula == "abs" and iterations != 1):
+        raise ValueError(f"LMPC iterations must be >= 1 (1 for formula 'abs'), got {iterations}")
+    neuron: IFNeuron = snn.get_submodule(name)
+    best_v0, best_bias = neuron.v0, float("inf")
+    for _ in range(iterations):
+        err = _rate_error(snn, ann, name, xs, T, batch, formula, max_chunk)
+        if granularity == "channel" and err.dim() == 3:
+            err = err.mean(dim=(1, 2), keepdim=True)  # [C, H, W] -> [C, 1, 1]
+        bias = float(err.abs().sum())
+        if bias >= best_bias:
+            break  # the last correction did not help: keep the best v(0)
+        best_v0, best_bias = neuron.v0, bias
+        neuron.v0 = (neuron.v0 + T * err).detach()  # per neuron [C, H, W] / [F] or [C, 1, 1]
+    else:
+        if iterations > 1 and float(_rate_error(snn, ann, name, xs, T, batch, formula,
+                                                max_chunk).abs().sum()) < best_bias:
+            best_v0 = neuron.v0
+    neuron.v0 = best_v0 if iterations > 1 else neuron.v0
     return neuron.v0
 
 
@@ -218,6 +238,7 @@ class CalibConfig:
     weight_decay: float = 0.0
     gamma: float = 1.0
     accept: str = "always"
+    lmpc_iterations: int = 1
     eval_batch: int = 256
     max_chunk: int = 16
     seed: int = 0
@@ -242,7 +263,7 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
                                                        cfg.max_chunk)}
         if cfg.lmpc:
             lmpc_layer(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.formula, cfg.granularity,
-                       cfg.max_chunk)
+                       cfg.max_chunk, cfg.lmpc_iterations)
             rep["mse_after_lmpc"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
                                               cfg.max_chunk)
         if cfg.lwc:

@@ -50,6 +50,8 @@ class Recipe:
     granularity: str = "neuron"  # LMPC: neuron (eq. 13's index i) | channel
     optimizer: str = "sgd"       # LWC: sgd (paper, momentum 0.9) | adam
     accept: str = "always"       # LWC: always (paper) | mse (keep a layer's update if it helps)
+    #                              | val (keep the LWC pass only if it beats LMPC on validation)
+    lmpc_iterations: int = 1     # LMPC: 1 (eq. 13) | k (repeat the signed correction)
 
 
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
@@ -261,7 +263,8 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   formula=str(lw.get("formula", "signed")),
                   granularity=str(lw.get("granularity", "neuron")),
                   optimizer=str(lw.get("optimizer", "adam")),
-                  accept=str(lw.get("accept", "always")))
+                  accept=str(lw.get("accept", "always")),
+                  lmpc_iterations=int(lw.get("lmpc_iterations", 1)))
 
 
 def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:

@@ -114,3 +114,20 @@ def test_calibrate_full_network_improves_every_layer():
     assert [r["layer"] for r in reports] == ["1", "3"]
     for r in reports:
         assert r["mse_end"] <= r["mse_start"]
+
+
+def test_iterated_lmpc_shrinks_the_bias_further_and_never_worsens_it():
+    ann, xs, T = _net(), torch.rand(300, 6) * 2, 2
+
+    def bias(snn) -> float:
+        return float((ann_activation(ann, "3", xs) - snn_rate(snn, "3", xs, T)).mean(0)
+                     .abs().sum())
+
+    once, iterated = to_snn(ann), to_snn(ann)
+    start = bias(once)
+    lmpc_layer(once, ann, "3", xs, T, 64, iterations=1)
+    lmpc_layer(iterated, ann, "3", xs, T, 64, iterations=4)
+    assert bias(iterated) <= bias(once) < start
+    assert bias(iterated) < 0.9 * bias(once)  # T = 2: one step leaves part of the bias
+    with pytest.raises(ValueError, match="iterations"):
+        lmpc_layer(to_snn(ann), ann, "3", xs, T, 64, formula="abs", iterations=2)

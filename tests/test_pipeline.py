@@ -168,3 +168,33 @@ def test_refusals_leave_the_run_folder_unchanged(tiny_run, tmp_path):
         assert r.returncode == 2, (args, r.stderr[-1500:])
         assert needle in r.stderr, (args, r.stderr[-1500:])
         assert snapshot() == before, args
+
+
+def test_channelnorm_start_and_validation_accept(tiny_run, tmp_path):
+    """lowlat calibrated from the ReLU ANN's channel-wise conversion, LWC kept only if it wins
+    on validation: phase2 records the choice, eval reads the artifact against ann.pt."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.parent.parent, root)
+    run = root / "runs/tiny"
+    r = run_cli("stage=phase2", "experiment=tiny", f"paths.root_dir={root}",
+                "phase2.methods=[lowlat]", "phase2.timesteps=[2]",
+                "phase2.lowlat.start=channelnorm", "phase2.lowlat.accept=val",
+                "phase2.lowlat.lmpc_iterations=2", "phase2.lowlat.granularity=channel")
+    assert r.returncode == 0, r.stderr[-2000:]
+    art = load_artifact(run / "snn_T2_lowlat.pt", "snn")
+    m = art["metrics"]
+    assert art["act"]["name"] == "relu" and art["recipe"]["start"] == "channelnorm"
+    assert art["upstream"] == load_artifact(run / "ann.pt")["fingerprint"]
+    assert m["val_top1"] == max(m["val_top1_without_lwc"], m["val_top1"])
+    assert m["lwc_kept"] == (m["val_top1_without_lwc"] <= m["val_top1"])
+    thetas = [x.theta for x in load_snn(art).modules() if hasattr(x, "theta")]
+    assert all(t.numel() > 1 for t in thetas)  # per-channel thresholds survived the reload
+    r = run_cli("stage=eval", "experiment=tiny", f"paths.root_dir={root}",
+                "phase2.methods=[lowlat]", "phase2.timesteps=[2]", "eval.timesteps=[2]",
+                "eval.methods=[channelnorm,lowlat]", "phase2.lowlat.start=channelnorm",
+                "phase2.lowlat.accept=val", "phase2.lowlat.lmpc_iterations=2",
+                "phase2.lowlat.granularity=channel")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {x["method"]: x for x in json.loads((run / "results.json").read_text())["rows"]}
+    assert set(rows) == {"channelnorm", "lowlat"}
+    assert rows["lowlat"]["val_top1"] == pytest.approx(m["val_top1"])

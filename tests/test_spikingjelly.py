@@ -148,3 +148,32 @@ def test_rounding_difference_of_unit_scaling() -> None:
         same = sum(sj_theta(x) for _ in range(T))
     assert float(ours.spike_count) == float(same) == T
     assert float(unit) == T - 1
+
+
+def test_channelnorm_is_spikingjellys_channel_wise_recipe() -> None:
+    """SpikingJelly's RateCodingRecipe(mode='99.9%', channel_wise=True, half_threshold=True)
+    and lowlat's ``channelnorm`` give the same network: with SpikingJelly's per-channel
+    thresholds in our neurons, the outputs agree to float rounding at every step; and our
+    own thresholds (nearest-rank percentile) lie within SpikingJelly's (interpolated) range."""
+    from lowlat.methods import convert
+
+    ann = _small_relu_cnn(3)
+    x = torch.rand(8, 3, 16, 16)
+    recipe = ann2snn.RateCodingRecipe(dataloader=[x], mode="99.9%", channel_wise=True,
+                                      half_threshold=True)
+    sj = ann2snn.Converter(recipe).convert(copy.deepcopy(ann))
+    sj_th = [m.scale.detach().clone() for n, m in sj.named_modules() if n.endswith("scaler1")]
+    stats = activation_stats(fold_bn(ann), [x], percentile=99.9)
+    ours = convert("channelnorm", ann, stats=stats)
+    layers = spiking_layers(ours)
+    assert len(layers) == len(sj_th) == 4
+    for (_, m), t in zip(layers, sj_th, strict=True):
+        ours_t, sj_t = m.theta.flatten(), t.flatten()
+        assert bool((ours_t <= sj_t * (1 + 1e-6) + 1e-9).all())  # nearest rank <= interpolated
+        assert float(((sj_t - ours_t) / sj_t).median()) < 0.02
+        m.theta = t.view(m.theta.shape).clone()  # SpikingJelly's θ, our dynamics
+        m.amplitude, m.v0 = m.theta.clone(), m.theta / 2
+    functional.reset_net(sj)
+    sj_out = torch.stack([sj(x) for _ in range(T)]).cumsum(0)
+    out = run_snn(ours, x, T, chunk=4).cumsum(0)
+    assert torch.allclose(out, sj_out, atol=1e-4, rtol=1e-4)

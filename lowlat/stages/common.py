@@ -40,6 +40,7 @@ NUMBERS = [
     ("phase2.lwc.lr", 0, None, float), ("phase2.lwc.iterations", 0, None, int),
     ("phase2.lwc.batch_size", 1, None, int), ("phase2.lwc.gamma", 0, None, float),
     ("phase2.lwc.momentum", 0, 1, float), ("phase2.lwc.weight_decay", 0, None, float),
+    ("phase2.lowlat.lmpc_iterations", 1, None, int),
 ]
 
 
@@ -113,7 +114,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.formula", lw.formula, ("signed", "abs"))
     _one_of("phase2.lowlat.granularity", lw.granularity, ("channel", "neuron"))
     _one_of("phase2.lowlat.optimizer", lw.optimizer, ("adam", "sgd"))
-    _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always"))
+    _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
 
 
 @dataclass

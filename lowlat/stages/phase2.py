@@ -8,6 +8,7 @@ artifact already matches the config and the QC-ANN is skipped, so a killed run r
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from omegaconf import OmegaConf
@@ -46,7 +47,8 @@ def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
         T=T, lmpc=r.lmpc, lwc=r.lwc, formula=r.formula, granularity=r.granularity,
         iterations=int(p.lwc.iterations), batch_size=int(p.lwc.batch_size), lr=float(p.lwc.lr),
         optimizer=r.optimizer, momentum=float(p.lwc.momentum),
-        weight_decay=float(p.lwc.weight_decay), gamma=float(p.lwc.gamma), accept=r.accept,
+        weight_decay=float(p.lwc.weight_decay), gamma=float(p.lwc.gamma),
+        accept="always" if r.accept == "val" else r.accept, lmpc_iterations=r.lmpc_iterations,
         eval_batch=int(p.calib_batch), max_chunk=int(ctx.cfg.eval.max_chunk),
         seed=int(ctx.cfg.seed))
 
@@ -122,15 +124,34 @@ def run_phase2(ctx: Context) -> dict:
                                   for k, v in rep.items() if k.startswith("mse")}, step)
             step += 1
 
+        def val_acc(net, desc: str, T: int = T) -> tuple[float, int]:
+            reset_states(net)
+            st = evaluate_snn(net, val, [T], transform=tf, max_chunk=int(cfg.eval.max_chunk),
+                              device=ctx.device, stats=False, desc=f"{desc} T={T} (val)")
+            return st.accuracy()[T], st.n
+
         t0 = time.time()
         reports = calibrate(snn, target, xs, cc, log=log_layer)
+        val_top1, n_val = val_acc(snn, method)
+        metrics: dict = {}
+        if recipe(method, OmegaConf.to_container(p.lowlat, resolve=True)).accept == "val" \
+                and cc.lwc:
+            # keep the weight calibration only if it beats the same pass without it, on the
+            # validation split: a falling rate MSE does not protect the accuracy (issue 9)
+            alt, _ = calibration_pair(start, nets[START_SOURCE[start]], stats)
+            alt = alt.to(ctx.device)
+            if cc.lmpc:
+                calibrate(alt, target, xs, replace(cc, lwc=False), progress=False)
+            alt_top1, _ = val_acc(alt, f"{method} without LWC")
+            metrics.update(lwc_kept=alt_top1 <= val_top1, val_top1_without_lwc=alt_top1)
+            if alt_top1 > val_top1:
+                log.info("phase2 %s T=%d: LWC lowered validation top-1 (%.4f -> %.4f): "
+                         "discarded", method, T, alt_top1, val_top1)
+                snn, val_top1 = alt, alt_top1
         seconds = time.time() - t0
         reset_states(snn)
-        st = evaluate_snn(snn, val, [T], transform=tf, max_chunk=int(cfg.eval.max_chunk),
-                          device=ctx.device, stats=False, desc=f"{method} T={T} (val)")
-        val_top1 = st.accuracy()[T]
-        metrics = {"val_top1": val_top1, "val_images": st.n, "calib_seconds": seconds,
-                   "layers": reports}
+        metrics.update({"val_top1": val_top1, "val_images": n_val, "calib_seconds": seconds,
+                        "layers": reports})
         save_artifact(ctx.run_dir / snn_name(T, method), "snn", snn.cpu(), src_art["arch"],
                       src_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
                       label=get_method(method).label, upstream=src_art["fingerprint"],
