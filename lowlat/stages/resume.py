@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lowlat.artifacts import FORMAT, atomic_write
+from lowlat.lit import first_nonfinite
 from lowlat.stages.common import log
 
 CKPT_DIR = "ckpt"
@@ -79,6 +80,8 @@ class EpochCheckpoint(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        if first_nonfinite(pl_module.model) is not None:
+            return  # the epoch-end check stops the fit; never resume into NaN weights
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{LAST}.tmp"
         trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
