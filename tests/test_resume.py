@@ -71,7 +71,7 @@ def test_training_resumes_from_its_last_epoch(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="lowlat"):
         train.run_ann(ctx)
     assert started == [2]  # only the epoch after the checkpoint ran again
-    assert "resuming from" in caplog.text
+    assert "resuming from" in caplog.text and "at epoch 2" in caplog.text
     a, b = load_artifact(ref.run_dir / "ann.pt"), load_artifact(ctx.run_dir / "ann.pt")
     assert _same_state(a["state_dict"], b["state_dict"])
     for k in ("val_top1", "best_val_top1", "best_epoch"):  # the best-epoch record survived

@@ -95,8 +95,8 @@ def checkpoint_folder(run_dir: Path, artifact: str) -> Path:
 
 
 def resume_path(folder: Path, fp: str, stage: str) -> tuple[str | None, int]:
-    """``last.ckpt`` of ``folder`` and its epoch if it was made under the fingerprint ``fp``,
-    else ``(None, 0)``. A checkpoint of another config, or an unreadable one, is deleted."""
+    """``last.ckpt`` of ``folder`` and the first epoch left to train if it was made under the
+    fingerprint ``fp``, else ``(None, 0)``. One of another config, or unreadable, is deleted."""
     path = folder / LAST
     if not path.is_file():
         return None, 0
@@ -113,8 +113,9 @@ def resume_path(folder: Path, fp: str, stage: str) -> tuple[str | None, int]:
                     "now %s): deleted, training from epoch 0", stage, path, have, fp)
         clear(folder)
         return None, 0
-    log.info("stage %s: resuming from %s at epoch %d", stage, path, int(ckpt["epoch"]))
-    return str(path), int(ckpt["epoch"])
+    first = int(ckpt["epoch"]) + 1  # the checkpoint closes that epoch
+    log.info("stage %s: resuming from %s at epoch %d", stage, path, first)
+    return str(path), first
 
 
 def clear(folder: Path) -> None:
