@@ -246,11 +246,16 @@ class CalibConfig:
 
 def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
               layers: Sequence[str] | None = None, progress: bool = True,
-              log: Callable[[dict], None] | None = None) -> list[dict]:
+              log: Callable[[dict], None] | None = None,
+              done: Sequence[str] = ()) -> list[dict]:
     """Calibrate ``snn`` in place, layer by layer (v(0) first, then the weights, as in Fig. 2).
 
     ``snn`` comes converted with its starting v(0) and shifts (e.g. Phase I or OptI).
     Returns one report per layer: MSE before LMPC, after LMPC and after LWC.
+    ``log`` is called after every finished layer (where a caller can save its progress);
+    ``done`` names layers that ``snn`` already holds calibrated (a resumed run): they are
+    skipped and get no report. A layer's randomness depends only on ``cfg.seed``, so a resumed
+    calibration gives what an uninterrupted one gives.
     """
     names = list(layers) if layers is not None else [n for n, _ in spiking_layers(snn)]
     ann = ann.eval()
@@ -259,6 +264,8 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
     bar = tqdm(names, desc=f"calibrate T={cfg.T}", disable=not progress, leave=False,
                mininterval=2.0)
     for name in bar:
+        if name in done:
+            continue
         rep = {"layer": name, "mse_start": layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
                                                        cfg.max_chunk)}
         if cfg.lmpc:

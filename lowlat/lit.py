@@ -158,6 +158,15 @@ class BestWeights(L.Callback):
             self.best, self.epoch = v, trainer.current_epoch
             self.state = copy.deepcopy(pl_module.model.state_dict())
 
+    def state_dict(self) -> dict:
+        """Saved in the epoch checkpoints, so a resumed fit still returns the best epoch."""
+        return {"monitor": self.monitor, "best": self.best, "epoch": self.epoch,
+                "state": self.state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.epoch = state_dict["best"], state_dict["epoch"]
+        self.state = state_dict["state"]
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.state is not None:
             pl_module.model.load_state_dict(self.state)

@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from lowlat.artifacts import ANN, QCANN, RATENORM, ArtifactError, load_artifact
 from lowlat.stages.common import Context, log, validate
@@ -67,20 +69,55 @@ def run_all(ctx: Context) -> dict:
     return out
 
 
+USER_ERRORS = (ValueError, ArtifactError, FileNotFoundError, KeyError, FloatingPointError,
+               InstantiationException, OmegaConfBaseException)
+_entered = False  # whether Hydra got as far as calling main (see cli)
+
+
+def one_line(e: BaseException) -> str:
+    """The error on one line, naming the config key when Hydra/OmegaConf know it."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    key = getattr(e, "full_key", None)
+    rest = []
+    for ln in lines:
+        if ln.startswith("full_key:"):
+            key = key or ln.partition(":")[2].strip()
+        elif not ln.startswith(("object_type=", "Set the environment variable HYDRA_FULL")):
+            rest.append(ln.replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception",
+                                   ""))
+    msg = " ".join(rest) or type(e).__name__
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def report(msg: str) -> None:
+    """Print a user error once, on stderr; the job's log file records it too."""
+    print(f"error: {msg}", file=sys.stderr)
+    rec = logging.getLogger("lowlat").makeRecord("lowlat", logging.ERROR, __file__, 0, msg,
+                                                 None, None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(rec)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Run the stage; return the objective's top-1 (for Optuna) when the results hold it."""
-    stage = str(cfg.stage.name)
+    """Run the stage; return the objective's top-1 (for Optuna) when the results hold it.
+
+    Every user error (a bad value or key, a missing or stale artifact, a target Hydra cannot
+    build, a diverged training) ends here: one line on stderr and exit status 2.
+    """
+    global _entered
+    _entered = True
     try:
+        stage = str(cfg.stage.name)
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
         validate(cfg)
         ctx = Context.from_cfg(cfg)
         fn = run_all if stage == "all" else _stage_fns()[stage]
         fn(ctx)
-    except (ValueError, ArtifactError, FileNotFoundError, KeyError) as e:
-        logging.getLogger("lowlat").error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        report(one_line(e))
         sys.exit(2)
     from lowlat.results import objective_value
 
@@ -88,5 +125,16 @@ def main(cfg: DictConfig) -> float | None:
     return objective_value(ctx.run_dir, str(obj.get("method", "lowlat")), int(obj.get("T", 4)))
 
 
+def cli() -> None:
+    """``main`` whose refusals by Hydra itself (an unknown group option, a malformed override)
+    exit 2 like every other user error; a crash inside a stage keeps Hydra's status 1."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 1 and not _entered:
+            sys.exit(2)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,12 +1,14 @@
 """Every bad value is refused before any work, with the key named (property-style)."""
 
 import random
+import re
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from lowlat.stages.common import NUMBERS, ConfigError, validate
+from lowlat.stages.schema import GROUPS, base_schema, schema_keys
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -48,3 +50,56 @@ def test_valid_config_passes_and_lists_are_required():
 def test_calibrated_rows_need_their_phase2_method():
     with pytest.raises(ConfigError, match="lowlat-lwc"):
         validate(_cfg("eval.methods=[phase1,lowlat-lwc]", "phase2.methods=[lowlat]"))
+
+
+def _typos(word: str, rng: random.Random) -> list[str]:
+    """A dropped, a doubled and a swapped letter (what a tired hand types)."""
+    i = rng.randrange(len(word))
+    j = rng.randrange(len(word) - 1) if len(word) > 1 else 0
+    swapped = word[:j] + word[j + 1:j + 2] + word[j] + word[j + 2:]
+    return [word[:i] + word[i + 1:], word[:i] + word[i] + word[i:], swapped]
+
+
+def test_misspelt_keys_are_refused_even_with_plus():
+    """Property: every top-level key and every key of the sections the stages read, misspelt at
+    random and added with `+`, is refused by name."""
+    schema = base_schema()
+    valid = set(schema_keys(schema))
+    rng = random.Random(10)
+    for key in sorted(valid):
+        parent, _, leaf = key.rpartition(".")
+        for typo in _typos(leaf, rng):
+            bad = f"{parent}.{typo}" if parent else typo
+            if bad in valid or not typo or not typo[0].isalpha():
+                continue
+            with pytest.raises(ConfigError, match=rf"unknown config key {re.escape(bad)}\b"):
+                validate(_cfg(f"+{bad}=1"))
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("+phase2.lmpc.formla=abs", "did you mean phase2.lowlat.formula"),
+    ("+phase1.levls=3", "did you mean phase1.levels"),
+    ("+typo=1", "unknown config key typo (valid keys: experiment_name"),
+    ("+stage.nme=ann", "did you mean stage.name"),
+    ("+model.width=4", "unknown config key model.width (valid keys of model: name, kwargs)"),
+    ("+model.kwargs.widht=4", "model.kwargs of model small_cnn"),
+    ("+data.fip=false", "did you mean data.flip"),
+    ("+trainer.max_epoch=3", "did you mean trainer.max_epochs"),
+    ("+logger.csv.save_di=x", "did you mean logger.csv.save_dir"),
+    ("data._target_=lowlat.data.Nope", "data._target_: cannot import 'lowlat.data.Nope'"),
+    ("phase2.lwc=3", "phase2.lwc must be a group of keys"),
+    ("ann.momentum=???", "ann.momentum"),
+])
+def test_unknown_keys_and_targets_name_the_key(override, needle):
+    from omegaconf.errors import OmegaConfBaseException
+
+    with pytest.raises((ConfigError, OmegaConfBaseException), match=re.escape(needle)):
+        validate(_cfg(override))
+
+
+def test_schema_groups_are_the_defaults_of_config_yaml():
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.load(CONF / "config.yaml").defaults
+    groups = {next(iter(d)) for d in defaults if not isinstance(d, str)}
+    assert groups - {"experiment", "hparams_search"} == set(GROUPS)

@@ -64,8 +64,13 @@ def _number(cfg: DictConfig, key: str, lo: float | None, hi: float | None, kind:
 def validate(cfg: DictConfig) -> None:
     """Check the settings every stage relies on before anything is computed or written."""
     from lowlat.methods import CALIBRATED, METHODS, STARTS
+    from lowlat.stages.schema import check_keys, check_targets
 
+    check_keys(cfg)  # a typo added with `+` is not silently ignored
+    # every `???` and `${...}` now, not when a stage first reads it (OmegaConf names the key)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     model_entrypoint(cfg.model.name)  # raises with the list of registered models
+    check_targets(cfg)
     for key, lo, hi, kind in NUMBERS:
         _number(cfg, key, lo, hi, kind)
     vf = OmegaConf.select(cfg, "data.val_fraction")

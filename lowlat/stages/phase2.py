@@ -37,6 +37,7 @@ from lowlat.stages.common import (
     log_metrics,
     transform_eval,
 )
+from lowlat.stages.resume import load_partial, partial_path, restore_snn, save_partial
 
 
 def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
@@ -115,14 +116,27 @@ def run_phase2(ctx: Context) -> dict:
         src_art = arts[START_SOURCE[start]]
         snn, target = calibration_pair(start, nets[START_SOURCE[start]], stats)
         snn = snn.to(ctx.device)
+        # a killed run left the layers it finished in a partial file: resume after them
+        part_path = partial_path(ctx.run_dir / snn_name(T, method))
+        part = load_partial(part_path, fp)
+        finished: list[dict] = [] if part is None else list(part["reports"])
+        t0 = time.time() - (0.0 if part is None else float(part["seconds"]))
+        if part is not None:
+            restore_snn(snn, part["state_dict"])
+            snn.to(ctx.device)
+            log.info("phase2 %s T=%d: resuming after layers %s (%s)", method, T,
+                     ", ".join(part["done"]), part_path.name)
 
-        def log_layer(rep: dict, T=T, method=method) -> None:
+        def log_layer(rep: dict, T=T, method=method, part_path=part_path, fp=fp,
+                      finished=finished, snn=snn, t0=t0) -> None:
             nonlocal step
             log.info("T=%d %s %s: MSE %s", T, method, rep["layer"], {
                 k: round(v, 6) for k, v in rep.items() if k.startswith("mse")})
             log_metrics(loggers, {f"phase2/{method}/T{T}/{k}": float(v)
                                   for k, v in rep.items() if k.startswith("mse")}, step)
             step += 1
+            finished.append(rep)
+            save_partial(part_path, snn, finished, fp, time.time() - t0)
 
         def val_acc(net, desc: str, T: int = T) -> tuple[float, int]:
             reset_states(net)
@@ -130,8 +144,8 @@ def run_phase2(ctx: Context) -> dict:
                               device=ctx.device, stats=False, desc=f"{desc} T={T} (val)")
             return st.accuracy()[T], st.n
 
-        t0 = time.time()
-        reports = calibrate(snn, target, xs, cc, log=log_layer)
+        calibrate(snn, target, xs, cc, log=log_layer, done=[r["layer"] for r in finished])
+        reports = finished
         val_top1, n_val = val_acc(snn, method)
         metrics: dict = {}
         if recipe(method, OmegaConf.to_container(p.lowlat, resolve=True)).accept == "val" \
@@ -156,6 +170,7 @@ def run_phase2(ctx: Context) -> dict:
                       src_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
                       label=get_method(method).label, upstream=src_art["fingerprint"],
                       recipe={**cc.__dict__, "start": start})
+        part_path.unlink(missing_ok=True)  # the artifact holds it all now
         log_metrics(loggers, {f"phase2/{method}/T{T}/val_top1": val_top1,
                               f"phase2/{method}/T{T}/calib_seconds": seconds}, step)
         log.info("phase2 %s T=%d: validation top-1 %.4f (calibration %.1fs)", method, T,

@@ -23,25 +23,30 @@ from lowlat.stages.common import (
     log,
     transform_eval,
 )
+from lowlat.stages.resume import EpochCheckpoint, checkpoint_folder, clear, resume_path
 
 
-def _fit(ctx: Context, model: nn.Module, dm, epochs: int, stage: str,
+def _fit(ctx: Context, model: nn.Module, dm, epochs: int, stage: str, artifact: str, fp: str,
          **opt) -> tuple[nn.Module, dict]:
     """Train with Lightning and keep the weights of the best validation epoch.
 
-    Only the validation split is read here: the test split belongs to stage ``eval``.
+    Only the validation split is read here: the test split belongs to stage ``eval``. Every
+    epoch is checkpointed under ``ckpt/``, tied to ``fp`` (the artifact's fingerprint), so a
+    killed run continues from its last epoch; the caller clears it once the artifact is saved.
     """
     L.seed_everything(int(ctx.cfg.seed), workers=True)
     lit = Classifier(model, dm.num_classes, epochs=epochs, **opt)
     lit.set_train_mode()
     best = BestWeights("val/top1")
+    folder = checkpoint_folder(ctx.run_dir, artifact)
+    ckpt, first = resume_path(folder, fp, stage)
     loggers = ctx.loggers()
     trainer = hydra.utils.instantiate(
-        ctx.cfg.trainer, max_epochs=epochs, logger=loggers, callbacks=[best],
-        default_root_dir=str(ctx.run_dir),
+        ctx.cfg.trainer, max_epochs=epochs, logger=loggers,
+        callbacks=[best, EpochCheckpoint(folder, fp)], default_root_dir=str(ctx.run_dir),
     )
     t0 = time.time()
-    trainer.fit(lit, datamodule=dm)
+    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     wall = time.time() - t0
     after_fit(trainer)  # DDP: the other ranks exit here; rank 0 alone evaluates and writes
     model = lit.model.cpu().eval()
@@ -53,7 +58,7 @@ def _fit(ctx: Context, model: nn.Module, dm, epochs: int, stage: str,
     val = evaluate(model, dm.val_dataloader(), transform_eval(dm))
     metrics = {"val_top1": val, "best_val_top1": best.best, "best_epoch": best.epoch,
                "selected_on": "val", "epochs": epochs, "train_seconds": wall,
-               "seconds_per_epoch": wall / max(1, trainer.current_epoch)}
+               "seconds_per_epoch": wall / max(1, trainer.current_epoch - first)}
     return model, metrics
 
 
@@ -64,10 +69,12 @@ def run_ann(ctx: Context) -> dict:
     L.seed_everything(int(cfg.seed))
     model = create_model(arch["name"], arch["num_classes"], arch["in_channels"], "relu",
                          **arch["kwargs"])
-    model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), "ann", lr=cfg.ann.lr,
+    fp = ctx.fp("data", "model", "ann", "seed")
+    model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), "ann", ANN, fp, lr=cfg.ann.lr,
                           momentum=cfg.ann.momentum, weight_decay=cfg.ann.weight_decay)
     save_artifact(ctx.run_dir / ANN, "ann", model, arch, {"name": "relu"}, metrics,
-                  ctx.config_dict(), ctx.fp("data", "model", "ann", "seed"))
+                  ctx.config_dict(), fp)
+    clear(checkpoint_folder(ctx.run_dir, ANN))
     log.info("ANN validation top-1 %.4f -> %s", metrics["val_top1"], ctx.run_dir / ANN)
     return metrics
 
@@ -111,8 +118,10 @@ def run_phase1(ctx: Context) -> dict:
         model = swap_activations(ann, make_rn)
         act = {"name": "ratenorm", "kwargs": {}}
     init_top1 = evaluate(model, dm.val_dataloader(), transform_eval(dm))
+    out = ctx.run_dir / phase1_artifact_name(act_name)
+    fp = ctx.fp("phase1", upstream=ann_art["fingerprint"])
     model, metrics = _fit(
-        ctx, model, dm, int(p.epochs), "phase1", lr=p.lr, momentum=p.momentum,
+        ctx, model, dm, int(p.epochs), "phase1", out.name, fp, lr=p.lr, momentum=p.momentum,
         weight_decay=p.weight_decay, threshold_lr=p.threshold_lr,
         threshold_weight_decay=p.threshold_weight_decay, freeze_bn=bool(p.freeze_bn))
     metrics["ann_val_top1"] = ann_art["metrics"].get("val_top1",
@@ -122,9 +131,9 @@ def run_phase1(ctx: Context) -> dict:
     metrics["granularity"] = str(p.granularity)
     metrics["thresholds"] = {n: float(m.threshold.mean()) for n, m in model.named_modules()
                              if isinstance(m, QCActivation | RateNorm)}
-    out = ctx.run_dir / phase1_artifact_name(act_name)
     save_artifact(out, "qcann" if act_name == "qc" else "ratenorm", model, ann_art["arch"], act,
-                  metrics, ctx.config_dict(), ctx.fp("phase1", upstream=ann_art["fingerprint"]))
+                  metrics, ctx.config_dict(), fp)
+    clear(checkpoint_folder(ctx.run_dir, out.name))
     log.info("validation top-1: ANN %.4f | %s %.4f (before fine-tuning %.4f) -> %s",
              metrics["ann_val_top1"], act_name.upper(), metrics["val_top1"], init_top1, out)
     return metrics
