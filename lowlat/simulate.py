@@ -3,6 +3,7 @@
 The network runs on chunks of time steps: stateless layers see ``[k·B, ...]``, neurons scan over
 the k steps and keep their membrane potential for the next chunk. ``chunk=1`` is the step-by-step
 mode (O(B) state memory, same spikes); a chunk as long as the run is the fully time-folded mode.
+:func:`evaluate_snn` shortens the chunk so that its largest tensor stays within ``CHUNK_MB``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from tqdm.auto import tqdm
 from lowlat.fused import set_fused
 from lowlat.neurons import configure, reset_states, spiking_layers
 
+# Largest neuron tensor of one chunk (MiB) in evaluate_snn on a CPU. Why: tensors above glibc's
+# mmap threshold (at most 32 MiB) are mapped fresh and page-faulted on every allocation, which
+# made long chunks 1.5-1.9x slower than step by step (docs/profile_snn.md); below it the heap
+# reuses them. None: chunks of max_chunk whatever their size.
+CHUNK_MB: float | None = 16.0
 ALPHA_PJ = 4.6  # energy of one multiply-accumulate (Horowitz 2014), paper eq. 18
 BETA_PJ = 0.9  # energy of one accumulate
 
@@ -33,6 +39,43 @@ def chunk_plan(timesteps: Sequence[int], max_chunk: int) -> list[int]:
             plan.append(k)
             t += k
     return plan
+
+
+def auto_chunk(step_bytes: int, max_chunk: int, chunk_mb: float | None = CHUNK_MB) -> int:
+    """The longest chunk <= ``max_chunk`` whose largest neuron tensor (``k·step_bytes``) stays
+    within ``chunk_mb`` MiB, at least 1 (step by step); ``max_chunk`` when ``chunk_mb`` is None."""
+    if max_chunk < 1:
+        raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
+    if chunk_mb is None:
+        return max_chunk
+    return max(1, min(max_chunk, int(chunk_mb * 2**20) // max(1, step_bytes)))
+
+
+def neuron_step_bytes(model: nn.Module, x: Tensor) -> int:
+    """Bytes of the largest neuron input of one time step for the batch ``x`` (a one-sample
+    forward with hooks; the neurons are reset before and after)."""
+    largest = 0
+
+    def hook(_m, args) -> None:
+        nonlocal largest
+        largest = max(largest, args[0][0].numel() * args[0].element_size())
+
+    neurons = [m for _, m in spiking_layers(model)]
+    hooks = [m.register_forward_pre_hook(hook) for m in neurons]
+    fused = [getattr(m, "fused", None) for m in neurons]
+    try:
+        for m in neurons:  # the plain scan: no compilation for a one-sample shape
+            m.fused = False
+        reset_states(model)
+        configure(model, steps=1, batch=None)
+        model(x[:1])
+    finally:
+        reset_states(model)
+        for m, f in zip(neurons, fused, strict=True):
+            m.fused = f
+        for h in hooks:
+            h.remove()
+    return largest * x.shape[0]
 
 
 @torch.no_grad()
@@ -67,6 +110,7 @@ class SimStats:
     ops: dict[int, float] = field(default_factory=dict)  # T -> synaptic ops (all samples)
     first_ops: dict[int, float] = field(default_factory=dict)  # T -> first-layer MACs
     layer_ops: dict[int, dict[str, float]] = field(default_factory=dict)  # T -> layer -> ops
+    chunk: int = 0  # time steps per chunk actually used (0: no batch was run)
 
     def accuracy(self) -> dict[int, float]:
         return {T: self.correct[T] / max(1, self.n) for T in self.timesteps}
@@ -144,11 +188,14 @@ def evaluate_snn(
     model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], timesteps: Sequence[int],
     transform: Callable[[Tensor], Tensor] = lambda x: x, max_chunk: int = 16,
     device: str | torch.device = "cpu", stats: bool = True, progress: bool = True,
-    desc: str = "snn", fused: bool | None = None,
+    desc: str = "snn", fused: bool | None = None, chunk_mb: float | None = CHUNK_MB,
 ) -> SimStats:
     """Accuracy (and statistics) at every T in ``timesteps`` from one run to max(T).
 
     ``fused``: compiled IF scan (``lowlat.fused``, same spikes); None keeps each neuron's setting.
+    Chunks are at most ``max_chunk`` steps and, on a CPU unless ``chunk_mb`` is None, short
+    enough that the largest neuron tensor of the first batch stays within ``chunk_mb`` MiB
+    (same spikes; :func:`auto_chunk`). The chunk used is ``SimStats.chunk``.
     """
     timesteps = sorted(set(int(t) for t in timesteps))
     if not timesteps or timesteps[0] < 1:
@@ -156,7 +203,7 @@ def evaluate_snn(
     model = model.to(device).eval()
     if fused is not None:
         set_fused(model, fused)
-    plan = chunk_plan(timesteps, max_chunk)
+    plan: list[int] | None = None
     res = SimStats(timesteps=timesteps)
     res.correct = dict.fromkeys(timesteps, 0)
     layers = spiking_layers(model)
@@ -170,6 +217,11 @@ def evaluate_snn(
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
         x, y = transform(x.to(device)), y.to(device)
         b = x.shape[0]
+        if plan is None:  # from the first (largest) batch; CUDA's caching allocator reuses
+            probe = chunk_mb is not None and max_chunk > 1 and x.device.type == "cpu"
+            res.chunk = auto_chunk(neuron_step_bytes(model, x) if probe else 0, max_chunk,
+                                   chunk_mb if probe else None)
+            plan = chunk_plan(timesteps, res.chunk)
         if stats and counter is None:
             counter = op_counter(model, x)
         reset_states(model)

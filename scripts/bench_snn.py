@@ -44,7 +44,7 @@ from lowlat.fused import set_fused
 from lowlat.methods import convert_relu_ann
 from lowlat.models import create_model
 from lowlat.neurons import spiking_layers
-from lowlat.simulate import run_snn
+from lowlat.simulate import auto_chunk, run_snn
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,8 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (dry runs)")
     p.add_argument("--modes", nargs="+", default=["chunked", "step"],
-                   choices=["chunked", "step", "fused"],
-                   help="fused: chunked with the compiled IF scan (lowlat/fused.py)")
+                   choices=["chunked", "step", "fused", "auto"],
+                   help="fused: chunked with the compiled IF scan (lowlat/fused.py); auto: the "
+                        "chunk evaluate_snn picks (lowlat.simulate.auto_chunk, at most --chunk)")
     return p.parse_args(argv)
 
 
@@ -157,7 +158,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     snn = to_snn(qc).to(device).eval()
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     largest, first_batch = folded_sizes(snn, x)
-    modes = {m: {"chunked": args.chunk, "step": 1, "fused": args.chunk}[m] for m in args.modes}
+    auto = auto_chunk(largest, args.chunk) if device.type == "cpu" else args.chunk
+    modes = {m: {"chunked": args.chunk, "step": 1, "fused": args.chunk, "auto": auto}[m]
+             for m in args.modes}
     rates = {T: firing_rate(snn, x, T, args.chunk) for T in args.timesteps}
 
     def sim(T: int, mode: str) -> Tensor:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fused", action="store_true", help="also profile the compiled IF scan")
+    p.add_argument("--chunks", type=int, nargs="*", default=[],
+                   help="also profile these intermediate chunk lengths (plain scan)")
     p.add_argument("--out", type=Path, default=Path("results/profile_snn.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -57,12 +61,17 @@ def main(argv: list[str] | None = None) -> dict:
     snn = to_snn(qc).eval()
     x = torch.randn(args.batch, 3, 32, 32)
     modes = {"folded": (args.T, False), "step": (1, False)}
+    for k in args.chunks:
+        if 1 < k < args.T:
+            modes[f"chunk{k}"] = (k, False)
     if args.fused:
         modes["fused"] = (args.T, True)
     res = {"model": args.model, "width": args.width, "batch": args.batch, "T": args.T,
-           "threads": args.threads, "torch": torch.__version__, "modes": {}}
+           "threads": args.threads, "torch": torch.__version__,
+           "loadavg_start": os.getloadavg(), "modes": {}}
     times: dict[str, dict[str, float]] = {m: defaultdict(float) for m in modes}
     calls: dict[str, int] = dict.fromkeys(modes, 0)
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     for chunk, fused in modes.values():  # warm-up (and compilation)
         set_fused(snn, fused)
         run_snn(snn, x, args.T, chunk=chunk)
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
             for k, v in self_times(prof).items():
                 times[mode][k] += v
             calls[mode] += sum(e.count for e in prof.key_averages())
+            c0 = time.process_time()  # the same run without the profiler's per-call cost
+            run_snn(snn, x, args.T, chunk=chunk)
+            cpu[mode].append(time.process_time() - c0)
+    res["loadavg_end"] = os.getloadavg()
     ref = sum(times["step"].values())
     for mode, t in times.items():
         total = sum(t.values())
@@ -85,8 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
             "top_ops_share": {k: v / total for k, v in top},
             "groups_share": {k: v / total for k, v in grouped.items()},
             "groups_vs_step_total": {k: v / ref for k, v in grouped.items()},
-            "total_vs_step": total / ref, "ops_per_run": calls[mode] / args.repeats}
-        print(f"{mode}: total/step {total / ref:.2f}; " + ", ".join(
+            "total_vs_step": total / ref, "ops_per_run": calls[mode] / args.repeats,
+            "cpu_s_unprofiled": cpu[mode],
+            "cpu_vs_step_unprofiled": min(cpu[mode]) / min(cpu["step"])}
+        print(f"{mode}: total/step {total / ref:.2f} (unprofiled CPU "
+              f"{res['modes'][mode]['cpu_vs_step_unprofiled']:.2f}); " + ", ".join(
             f"{k} {100 * v / total:.1f}%" for k, v in top[:8]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))

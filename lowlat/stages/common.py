@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,13 +191,9 @@ def finish_loggers(loggers: list) -> None:
             lg.finalize("success")
         except Exception:  # noqa: BLE001 - a logger failing to close must not fail the stage
             log.warning("logger %s failed to finalize", type(lg).__name__)
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-    except ImportError:
-        pass
+    wandb = sys.modules.get("wandb")  # only if a logger imported it: importing costs seconds
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def log_metrics(loggers: list, metrics: dict[str, float], step: int | None = None) -> None:
