@@ -141,7 +141,9 @@ def calibrate(snn: SpikingNetwork, qcann: nn.Module, data: Data, *, n_images: in
     most ``n_images`` of ``data``, with the recipe of a calibrated ``method`` (default: the one
     given to :func:`convert`, else ``lowlat``); ``config`` overrides the budget fields of
     :class:`~lowlat.calibrate.CalibConfig` (``iterations``, ``lr``, ``batch_size`` ...).
-    Returns the per-layer MSE reports."""
+    The recipe's validation accept rule needs a validation split, which this call does not
+    have: here every LWC update is kept (compare with ``lwc=False`` on your own validation
+    data to apply it). Returns the per-layer MSE reports."""
     method = method or (snn.method if snn.method in CALIBRATED else "lowlat")
     if method not in CALIBRATED:
         raise ValueError(f"calibrate: method must be one of {', '.join(CALIBRATED)}")
@@ -151,7 +153,8 @@ def calibrate(snn: SpikingNetwork, qcann: nn.Module, data: Data, *, n_images: in
     r = recipe(method)
     cfg = CalibConfig(**{"T": snn.T, "lmpc": r.lmpc, "lwc": r.lwc, "formula": r.formula,
                          "granularity": r.granularity, "optimizer": r.optimizer,
-                         "accept": r.accept, **config})
+                         "accept": "always" if r.accept == "val" else r.accept,
+                         "lmpc_iterations": r.lmpc_iterations, **config})
     xs = snn.normalize(gather(data, n_images))
     reports = _calibrate(snn.net, trace(qcann), xs, cfg, progress=progress)
     reset_states(snn.net)

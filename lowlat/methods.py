@@ -263,8 +263,8 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   formula=str(lw.get("formula", "signed")),
                   granularity=str(lw.get("granularity", "neuron")),
                   optimizer=str(lw.get("optimizer", "adam")),
-                  accept=str(lw.get("accept", "always")),
-                  lmpc_iterations=int(lw.get("lmpc_iterations", 1)))
+                  accept=str(lw.get("accept", "val")),
+                  lmpc_iterations=int(lw.get("lmpc_iterations", 3)))
 
 
 def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:

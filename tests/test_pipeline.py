@@ -57,6 +57,11 @@ def test_results_table(tiny_run):
     # lowlat's calibration beats the uncalibrated conversion at T = 2 even on this tiny run
     top = {(r["method"], r["T"]): r["val_top1"] for r in data["rows"]}
     assert top[("lowlat", 2)] > top[("phase1", 2)]
+    # ... and beats the paper-literal recipe (Phase I + eq. 13 + SGD LWC) at T = 2 by more than
+    # two standard errors of the difference of two proportions on these validation images
+    import math
+    a, b, n = top[("lowlat", 2)], top[("lmpc+lwc", 2)], data["val_images"]
+    assert a - b > 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
 def test_all_skips_up_to_date_stages(tiny_run, tmp_path):
