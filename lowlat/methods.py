@@ -57,6 +57,10 @@ class Recipe:
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
 PAPER_LWC = Recipe(lmpc=False, lwc=True)
 PAPER_BOTH = Recipe(lmpc=True, lwc=True)
+# lowlat-cn: the peer's channel-wise conversion, then one signed LMPC pass per channel. Repeating
+# the pass hurt there (results/cifar10_cpu/levers_lmpc_L8s0.md: 52.19 -> 47.34 % at T = 2).
+CHANNEL_LMPC = Recipe(lmpc=True, lwc=False, start="channelnorm", formula="signed",
+                      granularity="channel")
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,10 @@ _TABLE = [
            "ReLU ANN, θ per channel = its 99.9th percentile (zeros included), v(0) = θ/2: "
            "SpikingJelly 2.0's channel-wise RateCodingRecipe, the peer baseline",
            convert=channelnorm, stats="percentile_channel"),
+    Method("lowlat-cn", "lowlat channel-wise + LMPC", "ann", False,
+           "ReLU ANN converted as channelnorm (SpikingJelly's thresholds), then the signed "
+           "LMPC per channel, layer by layer: no QC-ANN needed, best at large T", per_T=True,
+           recipe=CHANNEL_LMPC),
     Method("lowlat-lmpc", "lowlat LMPC", "qcann", False,
            "LMPC with the phase2.lowlat recipe (default: signed, per neuron, unbiased start)",
            per_T=True, lowlat_recipe=(True, False)),

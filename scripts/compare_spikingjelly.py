@@ -6,9 +6,9 @@ batches, v(0) = θ/2), converted and simulated by SpikingJelly itself, step by s
 
 * ``channelnorm``: lowlat's own implementation of the same recipe (a check that the baseline
   row of lowlat's method table is the peer's method);
-* ``lowlat-cn``: the same start calibrated by lowlat, per layer (signed LMPC per channel, the
-  correction repeated ``--lmpc-iterations`` times), at every T, on ``--calib-samples`` training
-  images: its calibration CPU seconds are recorded per T;
+* ``lowlat-cn`` (method table): the same start calibrated by lowlat, per layer (signed LMPC per
+  channel), at every T, on ``--calib-samples`` training images: its calibration CPU seconds are
+  recorded per T;
 * every calibrated artifact ``snn_T<T>_<method>.pt`` found in the run folder at its T.
 
 "lowlat best" at each T is the lowlat row with the highest VALIDATION top-1; the table reports
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from lowlat.artifacts import ANN, load_artifact, load_network
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.convert import activation_stats
-from lowlat.methods import calibration_pair, convert, load_snn
+from lowlat.methods import calibration_pair, convert, load_snn, recipe
 from lowlat.simulate import evaluate_snn
 
 TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--images", type=int, default=2560, help="images of each split")
     ap.add_argument("--stat-images", type=int, default=5120)
     ap.add_argument("--calib-samples", type=int, default=512)
-    ap.add_argument("--lmpc-iterations", type=int, default=2)
+    ap.add_argument("--lmpc-iterations", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from spikingjelly.activation_based import ann2snn
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> Path:
         print(method, {T: round(100 * a, 2) for T, a in acc["test"].items()}, flush=True)
         write(out, meta)
 
-    recipe = ann2snn.RateCodingRecipe(dataloader=calib, mode="99.9%", channel_wise=True,
-                                      half_threshold=True)
-    sj = ann2snn.Converter(recipe).convert(copy.deepcopy(ann)).eval()
+    sj_recipe = ann2snn.RateCodingRecipe(dataloader=calib, mode="99.9%", channel_wise=True,
+                                         half_threshold=True)
+    sj = ann2snn.Converter(sj_recipe).convert(copy.deepcopy(ann)).eval()
     add("spikingjelly_channel", {k: sj_accuracy(sj, v, tf, ts) for k, v in splits.items()})
 
     def ours(snn, T_list) -> dict[str, dict[int, float]]:
@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> Path:
     for T in ts:
         snn, target = calibration_pair("channelnorm", ann, stats)
         t0 = time.time()
-        calibrate(snn, target, xs, CalibConfig(T=T, lmpc=True, lwc=False,
-                                               granularity="channel",
+        r = recipe("lowlat-cn")
+        calibrate(snn, target, xs, CalibConfig(T=T, lmpc=r.lmpc, lwc=r.lwc, formula=r.formula,
+                                               granularity=r.granularity,
                                                lmpc_iterations=args.lmpc_iterations),
                   progress=False)
         add("lowlat-cn", ours(snn, [T]), {T: round(time.time() - t0, 1)})

@@ -7,7 +7,15 @@ from torch import nn
 from lowlat.activations import QCActivation
 from lowlat.calibrate import lwc_layer
 from lowlat.convert import activation_stats, to_snn
-from lowlat.methods import CALIBRATED, METHODS, PAPER_METHODS, convert, get_method, recipe
+from lowlat.methods import (
+    CALIBRATED,
+    METHODS,
+    PAPER_METHODS,
+    START_SOURCE,
+    convert,
+    get_method,
+    recipe,
+)
 from lowlat.models import create_model
 from lowlat.neurons import spiking_layers
 from lowlat.simulate import run_snn
@@ -82,7 +90,11 @@ def test_table_is_consistent():
         assert m.per_T or not m.calibrated
     assert set(PAPER_METHODS) >= {"phase1", "opti", "opt", "lmpc", "lwc", "lmpc+lwc", "maxnorm",
                                   "robustnorm", "ratenorm"}
-    assert set(CALIBRATED) == {"lmpc", "lwc", "lmpc+lwc", "lowlat-lmpc", "lowlat-lwc", "lowlat"}
+    assert set(CALIBRATED) == {"lmpc", "lwc", "lmpc+lwc", "lowlat-cn", "lowlat-lmpc",
+                               "lowlat-lwc", "lowlat"}
+    for m in METHODS.values():  # a fixed recipe starts from the artifact the method names
+        if m.recipe is not None:
+            assert START_SOURCE[m.recipe.start] == m.source, m.name
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         get_method("nope")
     with pytest.raises(ValueError, match="calibrated"):
