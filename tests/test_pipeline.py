@@ -183,8 +183,9 @@ def test_channelnorm_start_and_validation_accept(tiny_run, tmp_path):
     run = root / "runs/tiny"
     r = run_cli("stage=phase2", "experiment=tiny", f"paths.root_dir={root}",
                 "phase2.methods=[lowlat]", "phase2.timesteps=[2]",
-                "phase2.lowlat.start=channelnorm", "phase2.lowlat.accept=val",
-                "phase2.lowlat.lmpc_iterations=2", "phase2.lowlat.granularity=channel")
+                "eval.methods=[channelnorm,lowlat]", "phase2.lowlat.start=channelnorm",
+                "phase2.lowlat.accept=val", "phase2.lowlat.lmpc_iterations=2",
+                "phase2.lowlat.granularity=channel")
     assert r.returncode == 0, r.stderr[-2000:]
     art = load_artifact(run / "snn_T2_lowlat.pt", "snn")
     m = art["metrics"]
