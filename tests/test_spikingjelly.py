@@ -154,7 +154,7 @@ def test_channelnorm_is_spikingjellys_channel_wise_recipe() -> None:
     """SpikingJelly's RateCodingRecipe(mode='99.9%', channel_wise=True, half_threshold=True)
     and lowlat's ``channelnorm`` give the same network: with SpikingJelly's per-channel
     thresholds in our neurons, the outputs agree to float rounding at every step; and our
-    own thresholds (nearest-rank percentile) lie within SpikingJelly's (interpolated) range."""
+    own thresholds (nearest-rank percentile) are close to SpikingJelly's (interpolated)."""
     from lowlat.methods import convert
 
     ann = _small_relu_cnn(3)
@@ -169,8 +169,9 @@ def test_channelnorm_is_spikingjellys_channel_wise_recipe() -> None:
     assert len(layers) == len(sj_th) == 4
     for (_, m), t in zip(layers, sj_th, strict=True):
         ours_t, sj_t = m.theta.flatten(), t.flatten()
-        assert bool((ours_t <= sj_t * (1 + 1e-6) + 1e-9).all())  # nearest rank <= interpolated
-        assert float(((sj_t - ours_t) / sj_t).median()) < 0.02
+        # nearest rank (ours) vs linear interpolation (torch.quantile): neighbouring order
+        # statistics, so close for most channels, apart only where a channel has few values
+        assert float(((sj_t - ours_t) / sj_t).abs().median()) < 0.02
         m.theta = t.view(m.theta.shape).clone()  # SpikingJelly's θ, our dynamics
         m.amplitude, m.v0 = m.theta.clone(), m.theta / 2
     functional.reset_net(sj)
