@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                lmpc_iterations=args.lmpc_iterations),
                   progress=False)
         add("lowlat-cn", ours(snn, [T]), {T: round(time.time() - t0, 1)})
-    for path in sorted(run.glob("snn_T*_*.pt")):
+    for path in sorted(p for p in run.glob("snn_T*_*.pt") if not p.name.endswith(".partial.pt")):
         a = load_artifact(path, "snn")
         if int(a["T"]) in ts:
             add(str(a["method"]), ours(load_snn(a), [int(a["T"])]),

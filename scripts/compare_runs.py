@@ -1,0 +1,79 @@
+"""Runs side by side on the VALIDATION split: one column per run folder (e.g. one QC-ANN per L
+and shift), one row per (method, T), from what the stages recorded: the QC-ANN's ``val_top1``,
+each calibrated artifact's ``val_top1`` (and its recipe), and ``val_top1`` of ``results.json``.
+
+    python scripts/compare_runs.py runs/cifar10_cpu runs/c10_L4s05 --name L \\
+        --out results/cifar10_cpu
+
+Writes ``levers_<name>.json`` and ``.md``. Reads no data and never the test split's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lowlat.artifacts import QCANN, load_artifact, read_json
+
+
+def collect(run: Path) -> dict:
+    qc = load_artifact(run / QCANN, "qcann")
+    col = {"run": str(run), "levels": qc["act"]["kwargs"]["levels"],
+           "shift": qc["act"]["kwargs"]["shift"],
+           "lambda": qc["config"]["phase1"].get("granularity", "layer"),
+           "phase1_epochs": qc["metrics"].get("epochs"),
+           "qcann_val_top1": qc["metrics"]["val_top1"],
+           "cells": {}}
+    res = read_json(run / "results.json", default={}) or {}
+    for r in res.get("rows", []):
+        col["cells"][f"{r['method']}|{r['T']}"] = {"val_top1": r["val_top1"],
+                                                   "val_images": res.get("val_images")}
+    for path in sorted(p for p in run.glob("snn_T*_*.pt") if not p.name.endswith(".partial.pt")):
+        a = load_artifact(path, "snn")
+        m, rec = a["metrics"], a.get("recipe") or {}
+        col["cells"][f"{a['method']}|{a['T']}"] = {
+            "val_top1": m["val_top1"], "val_images": m.get("val_images"),
+            "calib_seconds": m.get("calib_seconds"), "lwc_kept": m.get("lwc_kept"),
+            "recipe": {k: rec.get(k) for k in ("start", "formula", "granularity",
+                                               "lmpc_iterations", "optimizer", "accept",
+                                               "iterations") if k in rec}}
+    return col
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", default="results/cifar10_cpu")
+    args = ap.parse_args(argv)
+    cols = [collect(Path(r)) for r in args.runs]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"levers_{args.name}.json").write_text(json.dumps(
+        {"split": "validation", "columns": cols}, indent=1))
+    keys = sorted({k for c in cols for k in c["cells"]},
+                  key=lambda k: (k.split("|")[0], int(k.split("|")[1])))
+    head = [f"{Path(c['run']).name} (L={c['levels']}, s={c['shift']}, λ per {c['lambda']})"
+            for c in cols]
+    md = [f"# Runs side by side: {args.name} (validation top-1 %)", "",
+          "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols),
+          "| QC-ANN | " + " | ".join(f"{100 * c['qcann_val_top1']:.2f}" for c in cols) + " |"]
+    for k in keys:
+        m, T = k.split("|")
+        cells = []
+        for c in cols:
+            x = c["cells"].get(k)
+            cells.append("—" if x is None else f"{100 * x['val_top1']:.2f}" + (
+                "" if x.get("calib_seconds") is None else f" ({x['calib_seconds']:.0f} s)"))
+        md.append(f"| {m} T={T} | " + " | ".join(cells) + " |")
+    md += ["", "Calibrated cells give the calibration seconds (shared CPU); recipes are in the "
+           "JSON file and in each `snn_T*_*.pt`."]
+    path = out / f"levers_{args.name}.md"
+    path.write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return path
+
+
+if __name__ == "__main__":
+    main()
