@@ -237,13 +237,15 @@ _TABLE = [
            "LMPC per channel, layer by layer: no QC-ANN needed, best at large T", per_T=True,
            recipe=CHANNEL_LMPC),
     Method("lowlat-lmpc", "lowlat LMPC", "qcann", False,
-           "LMPC with the phase2.lowlat recipe (default: signed, per neuron, unbiased start)",
+           "LMPC with the phase2.lowlat recipe (default: signed, per neuron, up to 3 passes, "
+           "unbiased start)",
            per_T=True, lowlat_recipe=(True, False)),
     Method("lowlat-lwc", "lowlat LWC", "qcann", False,
            "LWC with the phase2.lowlat recipe (default: unbiased start, Adam)",
            per_T=True, lowlat_recipe=(False, True)),
     Method("lowlat", "lowlat (LMPC+LWC)", "qcann", False,
-           "LMPC then LWC per layer with the phase2.lowlat recipe", per_T=True,
+           "LMPC then LWC per layer with the phase2.lowlat recipe (default: LWC kept only if it "
+           "beats LMPC alone on validation)", per_T=True,
            lowlat_recipe=(True, True)),
 ]
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
