@@ -136,3 +136,14 @@ def write_text(path: str | Path, text: str) -> None:
     def w(tmp: str) -> None:
         Path(tmp).write_text(text)
     atomic_write(path, w)
+
+
+def datamodule_of(art: dict):
+    """The data module an artifact was made with (its resolved ``data`` config), set up: scripts
+    that re-read a run's splits use the same data, split and transforms as its stages."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    dm = hydra.utils.instantiate(OmegaConf.create(art["config"]["data"]))
+    dm.setup()
+    return dm

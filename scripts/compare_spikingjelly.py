@@ -26,12 +26,10 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from lowlat.artifacts import ANN, load_artifact, load_network
+from lowlat.artifacts import ANN, datamodule_of, load_artifact, load_network
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.convert import activation_stats
 from lowlat.methods import METHODS, calibration_pair, convert, load_snn, recipe
@@ -74,8 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
     run = Path(args.run_dir)
     art = load_artifact(run / ANN, "ann")
     ann = load_network(art)
-    dm = hydra.utils.instantiate(OmegaConf.create(art["config"]["data"]))
-    dm.setup()
+    dm = datamodule_of(art)
     tf = lambda x: dm.transform_batch(x, train=False)  # noqa: E731
     nb = max(1, args.images // dm.batch_size)
     splits = {"val": list(itertools.islice(dm.val_dataloader(), nb)),

@@ -24,11 +24,9 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 
-from lowlat.artifacts import ANN, QCANN, load_artifact, load_network
+from lowlat.artifacts import ANN, QCANN, datamodule_of, load_artifact, load_network
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.convert import activation_stats
 from lowlat.methods import START_SOURCE, calibration_pair, convert, get_method
@@ -83,8 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
     for run in map(Path, args.run):
         qc_art = load_artifact(run / QCANN, "qcann")
         nets = {"qcann": load_network(qc_art), "ann": load_network(load_artifact(run / ANN))}
-        dm = hydra.utils.instantiate(OmegaConf.create(qc_art["config"]["data"]))
-        dm.setup()
+        dm = datamodule_of(qc_art)
         tf = lambda x, dm=dm: dm.transform_batch(x, train=False)  # noqa: E731
         val = list(itertools.islice(dm.val_dataloader(), args.val_batches))
         xs = torch.cat([tf(x) for x, _ in dm.calibration_loader(args.calib_samples, 256)])
@@ -144,7 +141,7 @@ def write(out: Path, name: str, meta: dict) -> Path:
           "|---|---|---|---|---|---|---|"]
     for run, d in meta["runs"].items():
         q = d["qcann_val_top1"]
-        md.append(f"| {run} | {d['levels']} | {d['shift']} | {d['granularity']} | "
+        md.append(f"| {run} | {d['levels']} | {d['shift']} | {d['lambda']} | "
                   f"{d['phase1_epochs']} | {'?' if q is None else f'{100 * q:.2f}'} | "
                   f"{d['val_images']} |")
     md += ["", "| run | T | variant | settings | val top-1 % | without LWC % | seconds |",

@@ -23,11 +23,9 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 
-from lowlat.artifacts import QCANN, load_artifact, load_network
+from lowlat.artifacts import QCANN, datamodule_of, load_artifact, load_network
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.methods import STARTS, convert
 from lowlat.simulate import evaluate_snn
@@ -50,8 +48,7 @@ def main(argv: list[str] | None = None) -> Path:
     run = Path(args.run_dir)
     qc_art = load_artifact(run / QCANN, "qcann")
     qcann = load_network(qc_art)
-    dm = hydra.utils.instantiate(OmegaConf.create(qc_art["config"]["data"]))
-    dm.setup()
+    dm = datamodule_of(qc_art)
     tf = lambda x: dm.transform_batch(x, train=False)  # noqa: E731
     val = list(itertools.islice(dm.val_dataloader(), args.val_batches))
     n = min(args.calib_samples, dm.train_size)

@@ -1,0 +1,46 @@
+"""The issue-9 scripts run on a finished tiny run and write what they promise (validation for
+choices; the SpikingJelly comparison reports both splits and picks lowlat's best on validation)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+
+def test_levers_and_compare_runs(tiny_run, tmp_path):
+    import compare_runs
+    import levers
+
+    levers.main(["--run", str(tiny_run), "--timesteps", "2", "--val-batches", "1",
+                 "--calib-samples", "32", "--stat-images", "64", "--name", "t", "--out",
+                 str(tmp_path), "--variant", "conv:unbiased", "cn:start=channelnorm,"
+                 "granularity=channel", "v:lmpc=1,lwc=1,iterations=2,batch=16,accept=val"])
+    rows = json.loads((tmp_path / "levers_t.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["conv:unbiased", "cn", "v"]
+    v = rows[2]
+    assert v["val_top1"] == max(v["val_top1"], v["val_top1_without_lwc"])  # accept=val
+    with pytest.raises(SystemExit, match="unknown setting 'nope'"):
+        levers.parse_variant("x:nope=1")
+    compare_runs.main([str(tiny_run), "--name", "r", "--out", str(tmp_path)])
+    cols = json.loads((tmp_path / "levers_r.json").read_text())["columns"]
+    assert cols[0]["cells"]["lowlat|2"]["val_top1"] > 0
+    assert "QC-ANN" in (tmp_path / "levers_r.md").read_text()
+
+
+def test_compare_spikingjelly(tiny_run, tmp_path):
+    pytest.importorskip("spikingjelly")
+    import compare_spikingjelly
+
+    compare_spikingjelly.main([str(tiny_run), "--timesteps", "1", "2", "--images", "64",
+                               "--calib-samples", "32", "--stat-images", "64", "--out",
+                               str(tmp_path)])
+    meta = json.loads((tmp_path / "compare_spikingjelly.json").read_text())
+    methods = {r["method"] for r in meta["rows"]}
+    assert {"spikingjelly_channel", "channelnorm", "lowlat-cn", "lowlat"} <= methods
+    for T, best in meta["lowlat_best"].items():  # chosen on validation among lowlat's own rows
+        own = [r for r in meta["rows"] if r["T"] == int(T) and r["method"] not in
+               ("spikingjelly_channel", "lmpc", "lwc", "lmpc+lwc")]
+        assert best["val_top1"] == max(r["val_top1"] for r in own)
