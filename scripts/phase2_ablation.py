@@ -27,7 +27,7 @@ import torch
 
 from lowlat.artifacts import QCANN, datamodule_of, load_artifact, load_network
 from lowlat.calibrate import CalibConfig, calibrate
-from lowlat.methods import STARTS, convert
+from lowlat.methods import START_SOURCE, STARTS, convert
 from lowlat.simulate import evaluate_snn
 
 
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> Path:
     for T in args.timesteps:
         for m in ("phase1", "opti", "opt", "unbiased"):
             add({"T": T, "method": m, "val_top1": acc(convert(m, qcann, T=T), T)})
-        combos = itertools.product(("abs", "signed"), ("neuron", "channel"), tuple(STARTS))
+        qc_starts = tuple(s for s in STARTS if START_SOURCE[s] == "qcann")  # from the QC-ANN
+        combos = itertools.product(("abs", "signed"), ("neuron", "channel"), qc_starts)
         for formula, gran, start in [] if args.skip_lmpc else combos:
             snn = STARTS[start](qcann)
             t0 = time.time()
