@@ -75,6 +75,7 @@ class Method:
     recipe: Recipe | None = None    # calibrated methods (built by stage phase2)
     lowlat_recipe: tuple[bool, bool] | None = None  # (lmpc, lwc) of phase2.lowlat's recipe
     stats: str | None = None        # key of the activation statistic used as θ (ReLU ANN)
+    peer: bool = False              # another library's method (neither the paper's nor lowlat's)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -231,7 +232,7 @@ _TABLE = [
     Method("channelnorm", "Channel Norm (SpikingJelly)", "ann", False,
            "ReLU ANN, θ per channel = its 99.9th percentile (zeros included), v(0) = θ/2: "
            "SpikingJelly 2.0's channel-wise RateCodingRecipe, the peer baseline",
-           convert=channelnorm, stats="percentile_channel"),
+           convert=channelnorm, stats="percentile_channel", peer=True),
     Method("lowlat-cn", "lowlat channel-wise + LMPC", "ann", False,
            "ReLU ANN converted as channelnorm (SpikingJelly's thresholds), then the signed "
            "LMPC per channel, layer by layer: no QC-ANN needed, best at large T", per_T=True,

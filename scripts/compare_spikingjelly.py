@@ -131,7 +131,8 @@ def write(out: Path, meta: dict) -> Path:
     ts = sorted({r["T"] for r in rows})
     best: dict[int, dict] = {}
     for r in rows:  # lowlat's own rows only: neither the peer nor the paper's rows
-        own = r["method"] in METHODS and not METHODS[r["method"]].paper
+        m = METHODS.get(r["method"])
+        own = m is not None and not (m.paper or m.peer)
         if own and (r["T"] not in best or r["val_top1"] > best[r["T"]]["val_top1"]):
             best[r["T"]] = r
     meta["lowlat_best"] = {T: {"method": b["method"], "top1": b["top1"],

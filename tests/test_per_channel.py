@@ -132,3 +132,10 @@ def test_to_snn_refuses_a_non_positive_channel_threshold():
     th[first][1] = 0.0
     with pytest.raises(ConversionError, match=first):
         to_snn(net, thresholds=th)
+
+
+def test_the_peers_row_is_not_labelled_as_lowlats():
+    from lowlat.report import label
+
+    assert label("channelnorm") == "Channel Norm (SpikingJelly)"
+    assert label("lowlat-cn").endswith("(lowlat)") and label("lmpc") == "Phase I+LMPC"

@@ -52,7 +52,8 @@ def label(method: str) -> str:
     """A method's row name: the method table's label, marked (lowlat) for lowlat's own methods;
     the paper's label for cited baselines we do not implement."""
     if method in METHODS:
-        return METHODS[method].label + ("" if METHODS[method].paper else " (lowlat)")
+        m = METHODS[method]
+        return m.label + ("" if m.paper or m.peer else " (lowlat)")
     return load_paper()["labels"].get(method, method)
 
 
