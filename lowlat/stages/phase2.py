@@ -121,6 +121,7 @@ def run_phase2(ctx: Context) -> dict:
         part = load_partial(part_path, fp)
         finished: list[dict] = [] if part is None else list(part["reports"])
         t0 = time.time() - (0.0 if part is None else float(part["seconds"]))
+        c0 = time.process_time() - (0.0 if part is None else float(part.get("cpu_seconds", 0.0)))
         if part is not None:
             restore_snn(snn, part["state_dict"])
             snn.to(ctx.device)
@@ -128,7 +129,7 @@ def run_phase2(ctx: Context) -> dict:
                      ", ".join(part["done"]), part_path.name)
 
         def log_layer(rep: dict, T=T, method=method, part_path=part_path, fp=fp,
-                      finished=finished, snn=snn, t0=t0) -> None:
+                      finished=finished, snn=snn, t0=t0, c0=c0) -> None:
             nonlocal step
             log.info("T=%d %s %s: MSE %s", T, method, rep["layer"], {
                 k: round(v, 6) for k, v in rep.items() if k.startswith("mse")})
@@ -136,7 +137,7 @@ def run_phase2(ctx: Context) -> dict:
                                   for k, v in rep.items() if k.startswith("mse")}, step)
             step += 1
             finished.append(rep)
-            save_partial(part_path, snn, finished, fp, time.time() - t0)
+            save_partial(part_path, snn, finished, fp, time.time() - t0, time.process_time() - c0)
 
         def val_acc(net, desc: str, T: int = T) -> tuple[float, int]:
             reset_states(net)
@@ -162,10 +163,10 @@ def run_phase2(ctx: Context) -> dict:
                 log.info("phase2 %s T=%d: LWC lowered validation top-1 (%.4f -> %.4f): "
                          "discarded", method, T, alt_top1, val_top1)
                 snn, val_top1 = alt, alt_top1
-        seconds = time.time() - t0
+        seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
         reset_states(snn)
         metrics.update({"val_top1": val_top1, "val_images": n_val, "calib_seconds": seconds,
-                        "layers": reports})
+                        "calib_cpu_seconds": cpu_seconds, "layers": reports})
         save_artifact(ctx.run_dir / snn_name(T, method), "snn", snn.cpu(), src_art["arch"],
                       src_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
                       label=get_method(method).label, upstream=src_art["fingerprint"],
@@ -173,8 +174,8 @@ def run_phase2(ctx: Context) -> dict:
         part_path.unlink(missing_ok=True)  # the artifact holds it all now
         log_metrics(loggers, {f"phase2/{method}/T{T}/val_top1": val_top1,
                               f"phase2/{method}/T{T}/calib_seconds": seconds}, step)
-        log.info("phase2 %s T=%d: validation top-1 %.4f (calibration %.1fs)", method, T,
-                 val_top1, seconds)
+        log.info("phase2 %s T=%d: validation top-1 %.4f (calibration %.1f s wall, %.1f s CPU)",
+                 method, T, val_top1, seconds, cpu_seconds)
         out[f"{method}/T{T}"] = val_top1
     finish_loggers(loggers)
     return out

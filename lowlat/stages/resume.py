@@ -150,12 +150,13 @@ def load_partial(path: Path, fp: str) -> dict[str, Any] | None:
 
 
 def save_partial(path: Path, snn: torch.nn.Module, reports: list[dict], fp: str,
-                 seconds: float) -> None:
-    """The SNN after its finished layers, their reports and names, tied to ``fp``."""
+                 seconds: float, cpu_seconds: float = 0.0) -> None:
+    """The SNN after its finished layers, their reports and names, tied to ``fp``; the wall
+    and process CPU seconds spent so far, so that a resumed run reports the whole cost."""
     state = {k: v.detach().cpu().clone() for k, v in snn.state_dict().items()}
     payload = {"format": FORMAT, "kind": "partial", "fingerprint": fp, "state_dict": state,
                "reports": list(reports), "done": [r["layer"] for r in reports],
-               "seconds": seconds}
+               "seconds": seconds, "cpu_seconds": cpu_seconds}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
