@@ -63,9 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (dry runs)")
     p.add_argument("--modes", nargs="+", default=["chunked", "step"],
-                   choices=["chunked", "step", "fused", "auto"],
-                   help="fused: chunked with the compiled IF scan (lowlat/fused.py); auto: the "
-                        "chunk evaluate_snn picks (lowlat.simulate.auto_chunk, at most --chunk)")
+                   choices=["chunked", "step", "fused", "fused-step", "auto"],
+                   help="fused: chunked with the compiled IF scan (lowlat/fused.py); fused-step: "
+                        "the compiled scan one step at a time; auto: the chunk evaluate_snn picks "
+                        "(lowlat.simulate.auto_chunk, at most --chunk)")
     return p.parse_args(argv)
 
 
@@ -159,18 +160,19 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     largest, first_batch = folded_sizes(snn, x)
     auto = auto_chunk(largest, args.chunk) if device.type == "cpu" else args.chunk
-    modes = {m: {"chunked": args.chunk, "step": 1, "fused": args.chunk, "auto": auto}[m]
+    modes = {m: {"chunked": args.chunk, "step": 1, "fused": args.chunk, "fused-step": 1,
+                 "auto": auto}[m]
              for m in args.modes}
     rates = {T: firing_rate(snn, x, T, args.chunk) for T in args.timesteps}
 
     def sim(T: int, mode: str) -> Tensor:
-        set_fused(snn, mode == "fused")
+        set_fused(snn, mode.startswith("fused"))
         return run_snn(snn, x, T, chunk=modes[mode])
 
     with torch.no_grad():  # warm-up: allocator, oneDNN primitives, caches, compiled kernels
         ann_relu(x), ann_qc(x)
         for mode in modes:
-            for T in (args.timesteps if mode == "fused" else [modes[mode]]):
+            for T in (args.timesteps if mode.startswith("fused") else [modes[mode]]):
                 sim(T, mode)  # fused: compile every chunk length the timed runs use
         times: dict[str, list[float]] = {"ann_relu": [], "ann_qc": []}
         for _ in range(args.repeats):
@@ -232,15 +234,18 @@ def bench_spikingjelly(name: str, relu: nn.Module, calib: Tensor, x: Tensor, T: 
         f"lowlat chunked (chunk={min(args.chunk, T)})": lambda: run_snn(ours, x, T, args.chunk),
         "lowlat step-by-step (chunk=1)": lambda: run_snn(ours, x, T, 1),
     }
-    if "fused" in args.modes:  # the compiled scan on the same network; the others stay plain
-        def fused_run() -> Tensor:
+    for mode, chunk in (("fused", args.chunk), ("fused-step", 1)):
+        if mode not in args.modes:  # the compiled scan on the same network; the others stay plain
+            continue
+
+        def fused_run(chunk: int = chunk) -> Tensor:
             set_fused(ours, True)
             try:
-                return run_snn(ours, x, T, args.chunk)
+                return run_snn(ours, x, T, chunk)
             finally:
                 set_fused(ours, False)
 
-        impls[f"lowlat fused (chunk={min(args.chunk, T)})"] = fused_run
+        impls[f"lowlat fused (chunk={min(chunk, T)})"] = fused_run
     times: dict[str, list[float]] = {k: [] for k in impls}
     outs: dict[str, Tensor] = {}
     with torch.no_grad():

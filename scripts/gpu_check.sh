@@ -78,7 +78,7 @@ step a1_bench_snn_vgg16 120 "$PY" scripts/bench_snn.py --device "$DEV" --models 
 step a2_bench_snn_resnet20 120 "$PY" scripts/bench_snn.py --device "$DEV" --models resnet20 \
   --timesteps "${SNN_T[@]}" "${SNN_ARGS[@]}" --out "$OUT_DIR/a2_bench_snn_resnet20"
 step a3_bench_snn_fused 90 "$PY" scripts/bench_snn.py --device "$DEV" --models vgg16 resnet20 \
-  --timesteps "${FUSED_T[@]}" "${SNN_ARGS[@]}" --modes chunked fused \
+  --timesteps "${FUSED_T[@]}" "${SNN_ARGS[@]}" --modes chunked fused fused-step \
   --out "$OUT_DIR/a3_bench_snn_fused"
 
 # (b) one training epoch of full-width vgg16 (decodes the data once into ~/.cache/lowlat)
