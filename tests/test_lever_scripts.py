@@ -22,6 +22,7 @@ def test_levers_and_compare_runs(tiny_run, tmp_path):
     assert [r["variant"] for r in rows] == ["conv:unbiased", "cn", "v"]
     v = rows[2]
     assert v["val_top1"] == max(v["val_top1"], v["val_top1_without_lwc"])  # accept=val
+    assert v["cpu_seconds"] > 0 and "CPU s" in (tmp_path / "levers_t.md").read_text()
     with pytest.raises(SystemExit, match="unknown setting 'nope'"):
         levers.parse_variant("x:nope=1")
     compare_runs.main([str(tiny_run), "--name", "r", "--out", str(tmp_path)])
