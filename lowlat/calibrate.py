@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lowlat.head import HEAD_LOSSES, calibrate_head
 from lowlat.neurons import IFNeuron, configure, reset_states, spiking_layers
 from lowlat.simulate import chunk_plan
 
@@ -242,6 +243,18 @@ class CalibConfig:
     eval_batch: int = 256
     max_chunk: int = 16
     seed: int = 0
+    head: str = "none"  # output-head refit after the layers (lowlat.head): none | kl | mse
+    head_iterations: int = 200
+    head_lr: float = 1e-3
+
+    def fingerprint(self) -> dict:
+        """The settings an artifact depends on; the head keys only when a head is fitted, so
+        artifacts calibrated before the option existed stay valid."""
+        d = asdict(self)
+        if self.head == "none":
+            for k in ("head", "head_iterations", "head_lr"):
+                d.pop(k)
+        return d
 
 
 def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
@@ -257,6 +270,8 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
     skipped and get no report. A layer's randomness depends only on ``cfg.seed``, so a resumed
     calibration gives what an uninterrupted one gives.
     """
+    if cfg.head not in HEAD_LOSSES:
+        raise ValueError(f"head must be one of {', '.join(HEAD_LOSSES)}, got {cfg.head!r}")
     names = list(layers) if layers is not None else [n for n, _ in spiking_layers(snn)]
     ann = ann.eval()
     snn.eval()
@@ -282,6 +297,12 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
                           cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step, cfg.accept)
             rep.update(mse_before_lwc=r.mse_before, mse_after_lwc=r.mse_after, lwc_kept=r.kept)
         rep["mse_end"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.max_chunk)
+        reports.append(rep)
+        if log is not None:
+            log(rep)
+    if cfg.head != "none" and layers is None and not any(d.startswith("head:") for d in done):
+        rep = calibrate_head(snn, ann, xs, cfg.T, cfg.head, cfg.head_iterations, cfg.head_lr,
+                             cfg.eval_batch, cfg.max_chunk)
         reports.append(rep)
         if log is not None:
             log(rep)

@@ -52,6 +52,7 @@ class Recipe:
     accept: str = "always"       # LWC: always (paper) | mse (keep a layer's update if it helps)
     #                              | val (keep the LWC pass only if it beats LMPC on validation)
     lmpc_iterations: int = 1     # LMPC: 1 (eq. 13) | k (repeat the signed correction)
+    head: str = "none"           # after the layers: none (paper) | kl | mse (lowlat.head)
 
 
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
@@ -275,7 +276,8 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   granularity=str(lw.get("granularity", "neuron")),
                   optimizer=str(lw.get("optimizer", "adam")),
                   accept=str(lw.get("accept", "val")),
-                  lmpc_iterations=int(lw.get("lmpc_iterations", 3)))
+                  lmpc_iterations=int(lw.get("lmpc_iterations", 3)),
+                  head=str(lw.get("head", "none")))
 
 
 def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:

@@ -4,10 +4,13 @@ Each ``--variant`` is one Phase II recipe applied to every run folder (``--run``
 ``qcann.pt`` and its ReLU ``ann.pt``, e.g. one per L / shift / λ granularity) at every T:
 
     conv:<method>                      an uncalibrated method of lowlat.methods (unbiased, ...)
+    art:<method>[:head=kl|mse]         the run's calibrated snn_T<T>_<method>.pt, as it is or
+                                       with its output head refitted (lowlat.head)
     <name>:key=value,key=value         a calibration; keys (defaults in brackets):
         start [unbiased] | lmpc [1] | lwc [0] | formula [signed] | granularity [neuron]
         lmpc_iterations [1] | optimizer [adam] | lr [1e-4] | iterations [30] | batch [256]
         accept [always] (always | mse | val: keep LWC only if it beats LMPC alone on validation)
+        head [none] (kl | mse: refit the classifier after the last IF layer, lowlat.head)
 
     python scripts/levers.py --run runs/c10_L4s05 --timesteps 2 4 --val-batches 20 \\
         --variant conv:unbiased "lmpc:lmpc=1" "lmpc3:lmpc=1,lmpc_iterations=3" --name lmpc
@@ -26,15 +29,16 @@ from pathlib import Path
 
 import torch
 
-from lowlat.artifacts import ANN, QCANN, datamodule_of, load_artifact, load_network
+from lowlat.artifacts import ANN, QCANN, datamodule_of, load_artifact, load_network, snn_name
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.convert import activation_stats
-from lowlat.methods import START_SOURCE, calibration_pair, convert, get_method
+from lowlat.head import HEAD_LOSSES, calibrate_head
+from lowlat.methods import START_SOURCE, calibration_pair, convert, get_method, load_snn
 from lowlat.simulate import evaluate_snn
 
 DEFAULTS = {"start": "unbiased", "lmpc": "1", "lwc": "0", "formula": "signed",
             "granularity": "neuron", "lmpc_iterations": "1", "optimizer": "adam", "lr": "1e-4",
-            "iterations": "30", "batch": "256", "accept": "always"}
+            "iterations": "30", "batch": "256", "accept": "always", "head": "none"}
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -42,6 +46,14 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     if name == "conv":
         get_method(rest)  # refuses an unknown method by name
         return f"conv:{rest}", {"method": rest}
+    if name == "art":
+        method, _, opt = rest.partition(":")
+        get_method(method)
+        k, _, v = opt.partition("=")
+        if opt and (k != "head" or v not in HEAD_LOSSES):
+            raise SystemExit(f"variant {spec!r}: after art:<method> only :head=<"
+                             f"{'|'.join(HEAD_LOSSES)}> is valid")
+        return f"art:{rest}", {"artifact": method, "head": v or "none"}
     kv = dict(DEFAULTS)
     for item in filter(None, rest.split(",")):
         k, sep, v = item.partition("=")
@@ -58,7 +70,7 @@ def calib_config(T: int, kv: dict[str, str], lwc: bool | None = None) -> CalibCo
         formula=kv["formula"], granularity=kv["granularity"],
         lmpc_iterations=int(kv["lmpc_iterations"]), optimizer=kv["optimizer"],
         lr=float(kv["lr"]), iterations=int(kv["iterations"]), batch_size=int(kv["batch"]),
-        accept="always" if kv["accept"] == "val" else kv["accept"])
+        accept="always" if kv["accept"] == "val" else kv["accept"], head=kv["head"])
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -98,6 +110,10 @@ def main(argv: list[str] | None = None) -> Path:
                                 progress=False).accuracy()[T]
 
         for T, (name, kv) in itertools.product(args.timesteps, variants):
+            art = None
+            if "artifact" in kv:
+                art = load_artifact(run / snn_name(T, kv["artifact"]), "snn")
+                kv = {**kv, "start": art["recipe"]["start"]}
             needs_stats = kv.get("start") == "channelnorm" or (
                 "method" in kv and get_method(kv["method"]).stats is not None)
             if needs_stats and stats is None:
@@ -107,7 +123,16 @@ def main(argv: list[str] | None = None) -> Path:
             t0, c0 = time.time(), time.process_time()
             row = {"run": str(run), "T": T, "variant": name, **{k: desc[k] for k in (
                 "levels", "shift", "lambda")}}
-            if "method" in kv:
+            if art is not None:
+                snn = load_snn(art)
+                if kv["head"] != "none":
+                    _, target = calibration_pair(kv["start"], nets[START_SOURCE[kv["start"]]],
+                                                 stats)
+                    rep = calibrate_head(snn, target, xs, T, kv["head"])
+                    row.update(head_loss_before=rep["head_loss_before"],
+                               head_loss_after=rep["head_loss_after"])
+                row["val_top1"] = acc(snn, T)
+            elif "method" in kv:
                 m = get_method(kv["method"])
                 row["val_top1"] = acc(convert(m.name, nets[m.source], T=T, stats=stats), T)
             else:
@@ -123,6 +148,11 @@ def main(argv: list[str] | None = None) -> Path:
                     row["val_top1_without_lwc"] = a = acc(alt, T)
                     row["lwc_kept"] = a <= row["val_top1"]
                     row["val_top1"] = max(a, row["val_top1"])
+                heads = [r for r in reps if r["layer"].startswith("head:")]
+                reps = [r for r in reps if not r["layer"].startswith("head:")]
+                if heads:
+                    row["head_loss_before"] = heads[0]["head_loss_before"]
+                    row["head_loss_after"] = heads[0]["head_loss_after"]
                 if kv["lwc"] == "1":
                     row["lwc_mse_drop"] = sum(r["mse_before_lwc"] - r["mse_after_lwc"]
                                               for r in reps) / len(reps)

@@ -88,6 +88,7 @@ def test_misspelt_keys_are_refused_even_with_plus():
     ("+logger.csv.save_di=x", "did you mean logger.csv.save_dir"),
     ("data._target_=lowlat.data.Nope", "data._target_: cannot import 'lowlat.data.Nope'"),
     ("phase2.lwc=3", "phase2.lwc must be a group of keys"),
+    ("phase2.lowlat.head=softmax", "phase2.lowlat.head must be one of none, mse, kl"),
     ("ann.momentum=???", "ann.momentum"),
 ])
 def test_unknown_keys_and_targets_name_the_key(override, needle):

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowlat.artifacts import fingerprint
+from lowlat.head import HEAD_LOSSES
 from lowlat.models import model_entrypoint
 
 log = logging.getLogger("lowlat")
@@ -121,6 +122,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.granularity", lw.granularity, ("channel", "neuron"))
     _one_of("phase2.lowlat.optimizer", lw.optimizer, ("adam", "sgd"))
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
+    _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
 
 
 @dataclass

@@ -51,7 +51,7 @@ def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
         weight_decay=float(p.lwc.weight_decay), gamma=float(p.lwc.gamma),
         accept="always" if r.accept == "val" else r.accept, lmpc_iterations=r.lmpc_iterations,
         eval_batch=int(p.calib_batch), max_chunk=int(ctx.cfg.eval.max_chunk),
-        seed=int(ctx.cfg.seed))
+        seed=int(ctx.cfg.seed), head=r.head)
 
 
 def start_source(ctx: Context, method: str) -> str:
@@ -62,12 +62,11 @@ def start_source(ctx: Context, method: str) -> str:
 def artifact_fp(ctx: Context, method: str, T: int, source_fp: str) -> str:
     """What a calibrated artifact depends on: its recipe, budget, data size and its source
     artifact (and, for a start from the ReLU ANN, the statistics its thresholds come from)."""
-    from dataclasses import asdict
-
     keys = ["phase2.calib_samples", "seed", "data.val_fraction"]
     if start_source(ctx, method) == "ann":
         keys += ["eval.stat_images", "eval.robust_percentile"]
-    return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{asdict(calib_config(ctx, method, T))}")
+    cc = calib_config(ctx, method, T).fingerprint()
+    return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}")
 
 
 def run_phase2(ctx: Context) -> dict:
@@ -132,7 +131,7 @@ def run_phase2(ctx: Context) -> dict:
                       finished=finished, snn=snn, t0=t0, c0=c0) -> None:
             nonlocal step
             log.info("T=%d %s %s: MSE %s", T, method, rep["layer"], {
-                k: round(v, 6) for k, v in rep.items() if k.startswith("mse")})
+                k: round(v, 6) for k, v in rep.items() if k.startswith(("mse", "head_loss_"))})
             log_metrics(loggers, {f"phase2/{method}/T{T}/{k}": float(v)
                                   for k, v in rep.items() if k.startswith("mse")}, step)
             step += 1
@@ -155,7 +154,7 @@ def run_phase2(ctx: Context) -> dict:
             # validation split: a falling rate MSE does not protect the accuracy (issue 9)
             alt, _ = calibration_pair(start, nets[START_SOURCE[start]], stats)
             alt = alt.to(ctx.device)
-            if cc.lmpc:
+            if cc.lmpc or cc.head != "none":
                 calibrate(alt, target, xs, replace(cc, lwc=False), progress=False)
             alt_top1, _ = val_acc(alt, f"{method} without LWC")
             metrics.update(lwc_kept=alt_top1 <= val_top1, val_top1_without_lwc=alt_top1)
