@@ -25,7 +25,7 @@ from lowlat.artifacts import (
     load_network,
     snn_name,
 )
-from lowlat.convert import activation_stats, to_snn
+from lowlat.convert import to_snn
 from lowlat.lit import evaluate
 from lowlat.methods import convert as convert_method
 from lowlat.methods import get_method, load_snn, start_source
@@ -33,7 +33,6 @@ from lowlat.results import rows_from_stats, write_results
 from lowlat.simulate import evaluate_snn, layer_macs
 from lowlat.stages.common import (
     Context,
-    calibration_images,
     check_arch,
     finish_loggers,
     limited,
@@ -41,6 +40,7 @@ from lowlat.stages.common import (
     log_metrics,
     transform_eval,
 )
+from lowlat.stages.derived import ann_stats
 
 
 def _inputs(ctx: Context) -> tuple[dict[str, dict], dict[tuple[int, str], dict]]:
@@ -140,8 +140,7 @@ def run_eval(ctx: Context) -> dict:
         else:
             if m.stats and stats is None:
                 n = min(int(e.stat_images), dm.train_size)
-                xs = [x for x, _ in calibration_images(dm, n, dm.batch_size, "cpu")]
-                stats = activation_stats(nets["ann"], xs, percentile=float(e.robust_percentile))
+                stats = ann_stats(ctx, arts["ann"], nets["ann"], dm, n, float(e.robust_percentile))
                 summary["stat_images"] = n
             plan = [[T] for T in timesteps] if m.per_T else [timesteps]
             for ts in plan:
