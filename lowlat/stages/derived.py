@@ -18,11 +18,18 @@ import torch
 from torch import nn
 
 from lowlat.artifacts import ANN_STATS, atomic_write, fingerprint
-from lowlat.convert import activation_stats
+from lowlat.convert import activation_stats, fold_bn
+from lowlat.simulate import layer_macs
 from lowlat.stages.common import Context, calibration_images, log
 
 STATS_FORMAT = 1
 Stats = dict[str, dict[str, Any]]
+
+
+def network_macs(net: nn.Module, sample: torch.Tensor) -> float:
+    """MACs per sample of ``net``'s conv/linear layers once BatchNorm is folded: what its SNN
+    (any conversion of it; neurons add no MACs) would cost as an ANN, eq. 18's denominator."""
+    return sum(layer_macs(fold_bn(net), sample[:1]).values())
 
 
 def _read_entries(path) -> dict[str, dict]:

@@ -22,7 +22,7 @@ from lowlat.stages.common import (
     log,
     transform_eval,
 )
-from lowlat.stages.derived import ann_stats
+from lowlat.stages.derived import ann_stats, network_macs
 from lowlat.stages.resume import EpochCheckpoint, checkpoint_folder, clear, resume_path
 
 
@@ -72,6 +72,9 @@ def run_ann(ctx: Context) -> dict:
     fp = ctx.fp("data", "model", "ann", "seed")
     model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), "ann", ANN, fp, lr=cfg.ann.lr,
                           momentum=cfg.ann.momentum, weight_decay=cfg.ann.weight_decay)
+    # eq. 18's denominator, measured once here for stage eval (on one validation image's shape)
+    sample = transform_eval(dm)(next(iter(dm.val_dataloader()))[0][:1])
+    metrics.update(macs=network_macs(model, sample), macs_input=list(sample.shape[1:]))
     save_artifact(ctx.run_dir / ANN, "ann", model, arch, {"name": "relu"}, metrics,
                   ctx.config_dict(), fp)
     clear(checkpoint_folder(ctx.run_dir, ANN))
