@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from lowlat.artifacts import (
@@ -98,7 +99,8 @@ def _describe(ctx: Context, arts: dict[str, dict]) -> dict[str, Any]:
                        "reported": "test (top1)"}}
 
 
-def _ann_macs(arts: dict[str, dict], nets: dict, sample) -> float:
+def _ann_macs(arts: dict[str, dict], nets: dict[str, torch.nn.Module],
+              sample: torch.Tensor) -> float:
     """The MACs stage ``ann`` stored in ann.pt when they describe this QC-ANN's network on
     inputs of this shape; else (an older ann.pt, none) measured on the QC-ANN, as before."""
     ann = arts.get("ann", {})
