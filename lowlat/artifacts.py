@@ -28,6 +28,7 @@ from lowlat.models import create_model
 FORMAT = 1
 # The pipeline's hand-offs, named once: ann.pt -> qcann.pt (ratenorm.pt) -> snn_T<T>_<method>.pt
 ANN, QCANN, RATENORM = "ann.pt", "qcann.pt", "ratenorm.pt"
+ANN_STATS = "ann_stats.pt"  # ann.pt's activation statistics (lowlat.stages.derived)
 SOURCE_FILE = {"ann": ANN, "qcann": QCANN, "ratenorm": RATENORM}
 PRODUCER = {"ann": "stage=ann", "qcann": "stage=phase1",
             "ratenorm": "stage=phase1 phase1.activation=ratenorm", "snn": "stage=phase2"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from lowlat.artifacts import (
@@ -25,15 +26,13 @@ from lowlat.artifacts import (
     load_network,
     snn_name,
 )
-from lowlat.convert import activation_stats, to_snn
 from lowlat.lit import evaluate
 from lowlat.methods import convert as convert_method
 from lowlat.methods import get_method, load_snn, start_source
 from lowlat.results import rows_from_stats, write_results
-from lowlat.simulate import evaluate_snn, layer_macs
+from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
     Context,
-    calibration_images,
     check_arch,
     finish_loggers,
     limited,
@@ -41,6 +40,7 @@ from lowlat.stages.common import (
     log_metrics,
     transform_eval,
 )
+from lowlat.stages.derived import ann_stats, network_macs
 
 
 def _inputs(ctx: Context) -> tuple[dict[str, dict], dict[tuple[int, str], dict]]:
@@ -99,6 +99,18 @@ def _describe(ctx: Context, arts: dict[str, dict]) -> dict[str, Any]:
                        "reported": "test (top1)"}}
 
 
+def _ann_macs(arts: dict[str, dict], nets: dict[str, torch.nn.Module],
+              sample: torch.Tensor) -> float:
+    """The MACs stage ``ann`` stored in ann.pt when they describe this QC-ANN's network on
+    inputs of this shape; else (an older ann.pt, none) measured on the QC-ANN, as before."""
+    ann = arts.get("ann", {})
+    m = ann.get("metrics", {})
+    if ("macs" in m and m.get("macs_input") == list(sample.shape[1:])
+            and ann["arch"] == arts["qcann"]["arch"]):
+        return m["macs"]
+    return network_macs(nets["qcann"], sample)
+
+
 def run_eval(ctx: Context) -> dict:
     e = ctx.cfg.eval
     arts, snns = _inputs(ctx)
@@ -119,8 +131,7 @@ def run_eval(ctx: Context) -> dict:
         key = {"ann": "ann", "qcann": "qcann", "ratenorm": "ratenorm_ann"}[src]
         summary[f"{key}_val_top1"] = evaluate(net, val, tf)
         summary[f"{key}_top1"] = evaluate(net, test, tf)
-    sample = val[0][0][:1]
-    summary["ann_macs"] = ann_macs = sum(layer_macs(to_snn(nets["qcann"]), tf(sample)).values())
+    summary["ann_macs"] = ann_macs = _ann_macs(arts, nets, tf(val[0][0][:1]))
     stats = None
     rows: list[dict] = []
     kw = dict(transform=tf, max_chunk=int(e.max_chunk), device=ctx.device)
@@ -140,8 +151,7 @@ def run_eval(ctx: Context) -> dict:
         else:
             if m.stats and stats is None:
                 n = min(int(e.stat_images), dm.train_size)
-                xs = [x for x, _ in calibration_images(dm, n, dm.batch_size, "cpu")]
-                stats = activation_stats(nets["ann"], xs, percentile=float(e.robust_percentile))
+                stats = ann_stats(ctx, arts["ann"], nets["ann"], dm, n, float(e.robust_percentile))
                 summary["stat_images"] = n
             plan = [[T] for T in timesteps] if m.per_T else [timesteps]
             for ts in plan:

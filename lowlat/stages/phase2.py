@@ -23,7 +23,6 @@ from lowlat.artifacts import (
     snn_name,
 )
 from lowlat.calibrate import CalibConfig, calibrate
-from lowlat.convert import activation_stats
 from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
@@ -37,6 +36,7 @@ from lowlat.stages.common import (
     log_metrics,
     transform_eval,
 )
+from lowlat.stages.derived import ann_stats
 from lowlat.stages.resume import load_partial, partial_path, restore_snn, save_partial
 
 
@@ -99,8 +99,8 @@ def run_phase2(ctx: Context) -> dict:
     stats = None
     if "ann" in nets:  # per-channel thresholds of a start from the ReLU ANN (as stage eval)
         n = min(int(cfg.eval.stat_images), dm.train_size)
-        batches = [x for x, _ in calibration_images(dm, n, dm.batch_size, ctx.device)]
-        stats = activation_stats(nets["ann"], batches, percentile=float(cfg.eval.robust_percentile))
+        stats = ann_stats(ctx, arts["ann"], nets["ann"], dm, n, float(cfg.eval.robust_percentile),
+                          ctx.device)
     xs = torch.cat([x for x, _ in calibration_images(
         dm, int(p.calib_samples), int(p.calib_batch), ctx.device)])  # [N, C, H, W]
     tf = transform_eval(dm)

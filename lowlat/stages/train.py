@@ -11,18 +11,18 @@ from torch import nn
 
 from lowlat.activations import QCActivation, RateNorm
 from lowlat.artifacts import ANN, QCANN, RATENORM, load_artifact, load_network, save_artifact
-from lowlat.convert import activation_stats, swap_activations
+from lowlat.convert import swap_activations
 from lowlat.distributed import after_fit
 from lowlat.lit import BestWeights, Classifier, evaluate, first_nonfinite
 from lowlat.models import create_model
 from lowlat.stages.common import (
     Context,
-    calibration_images,
     check_arch,
     finish_loggers,
     log,
     transform_eval,
 )
+from lowlat.stages.derived import ann_stats, network_macs
 from lowlat.stages.resume import EpochCheckpoint, checkpoint_folder, clear, resume_path
 
 
@@ -72,6 +72,9 @@ def run_ann(ctx: Context) -> dict:
     fp = ctx.fp("data", "model", "ann", "seed")
     model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), "ann", ANN, fp, lr=cfg.ann.lr,
                           momentum=cfg.ann.momentum, weight_decay=cfg.ann.weight_decay)
+    # eq. 18's denominator, measured once here for stage eval (on one validation image's shape)
+    sample = transform_eval(dm)(next(iter(dm.val_dataloader()))[0][:1])
+    metrics.update(macs=network_macs(model, sample), macs_input=list(sample.shape[1:]))
     save_artifact(ctx.run_dir / ANN, "ann", model, arch, {"name": "relu"}, metrics,
                   ctx.config_dict(), fp)
     clear(checkpoint_folder(ctx.run_dir, ANN))
@@ -90,8 +93,7 @@ def run_phase1(ctx: Context) -> dict:
     dm = ctx.datamodule()
     ann = load_network(ann_art)
     n = min(int(p.init_batches) * dm.batch_size, dm.train_size)
-    batches = [x for x, _ in calibration_images(dm, n, dm.batch_size, "cpu")]
-    stats = activation_stats(ann, batches, percentile=float(p.init_percentile))
+    stats = ann_stats(ctx, ann_art, ann, dm, n, float(p.init_percentile))
     act_name = str(p.activation)
     if act_name == "qc":
         per_channel = str(p.granularity) == "channel"
