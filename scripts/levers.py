@@ -6,6 +6,8 @@ Each ``--variant`` is one Phase II recipe applied to every run folder (``--run``
     conv:<method>                      an uncalibrated method of lowlat.methods (unbiased, ...)
     art:<method>[:head=kl|mse]         the run's calibrated snn_T<T>_<method>.pt, as it is or
                                        with its output head refitted (lowlat.head)
+    qc:T                               the QC-ANN (no SNN) evaluated with L = T levels: the
+                                       accuracy of an SNN that rounded exactly as a T-step rate
     <name>:key=value,key=value         a calibration; keys (defaults in brackets):
         start [unbiased] | lmpc [1] | lwc [0] | formula [signed] | granularity [neuron]
         lmpc_iterations [1] | optimizer [adam] | lr [1e-4] | iterations [30] | batch [256]
@@ -22,6 +24,7 @@ so a run cut short keeps what it measured). The test split is never read.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import time
@@ -29,10 +32,12 @@ from pathlib import Path
 
 import torch
 
+from lowlat.activations import QCActivation
 from lowlat.artifacts import ANN, QCANN, datamodule_of, load_artifact, load_network, snn_name
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.convert import activation_stats
 from lowlat.head import HEAD_LOSSES, calibrate_head
+from lowlat.lit import evaluate
 from lowlat.methods import START_SOURCE, calibration_pair, convert, get_method, load_snn
 from lowlat.simulate import evaluate_snn
 
@@ -46,6 +51,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     if name == "conv":
         get_method(rest)  # refuses an unknown method by name
         return f"conv:{rest}", {"method": rest}
+    if name == "qc" and rest == "T":
+        return "qc:T", {"qc_levels": "T"}
     if name == "art":
         method, _, opt = rest.partition(":")
         get_method(method)
@@ -123,7 +130,13 @@ def main(argv: list[str] | None = None) -> Path:
             t0, c0 = time.time(), time.process_time()
             row = {"run": str(run), "T": T, "variant": name, **{k: desc[k] for k in (
                 "levels", "shift", "lambda")}}
-            if art is not None:
+            if "qc_levels" in kv:
+                qc = copy.deepcopy(nets["qcann"])
+                for m in qc.modules():
+                    if isinstance(m, QCActivation):
+                        m.levels = T
+                row["val_top1"] = evaluate(qc, val, tf)
+            elif art is not None:
                 snn = load_snn(art)
                 if kv["head"] != "none":
                     _, target = calibration_pair(kv["start"], nets[START_SOURCE[kv["start"]]],

@@ -1,11 +1,16 @@
 """The issue-9 scripts run on a finished tiny run and write what they promise (validation for
 choices; the SpikingJelly comparison reports both splits and picks lowlat's best on validation)."""
 
+import itertools
 import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from lowlat.activations import QCActivation
+from lowlat.artifacts import QCANN, datamodule_of, load_artifact, load_network
+from lowlat.lit import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -17,9 +22,20 @@ def test_levers_and_compare_runs(tiny_run, tmp_path):
     levers.main(["--run", str(tiny_run), "--timesteps", "2", "--val-batches", "1",
                  "--calib-samples", "32", "--stat-images", "64", "--name", "t", "--out",
                  str(tmp_path), "--variant", "conv:unbiased", "cn:start=channelnorm,"
-                 "granularity=channel", "v:lmpc=1,lwc=1,iterations=2,batch=16,accept=val"])
+                 "granularity=channel", "v:lmpc=1,lwc=1,iterations=2,batch=16,accept=val",
+                 "qc:T", "art:lowlat:head=mse"])
     rows = json.loads((tmp_path / "levers_t.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["conv:unbiased", "cn", "v"]
+    assert [r["variant"] for r in rows] == ["conv:unbiased", "cn", "v", "qc:T",
+                                            "art:lowlat:head=mse"]
+    # qc:T is the QC-ANN itself with L = T levels, on the same validation batches
+    art = load_artifact(tiny_run / QCANN, "qcann")
+    qc, dm = load_network(art), datamodule_of(art)
+    for m in qc.modules():
+        if isinstance(m, QCActivation):
+            m.levels = 2
+    val = list(itertools.islice(dm.val_dataloader(), 1))
+    assert rows[3]["val_top1"] == evaluate(qc, val, lambda x: dm.transform_batch(x, train=False))
+    assert rows[4]["head_loss_after"] < rows[4]["head_loss_before"]
     v = rows[2]
     assert v["val_top1"] == max(v["val_top1"], v["val_top1_without_lwc"])  # accept=val
     assert v["cpu_seconds"] > 0 and "CPU s" in (tmp_path / "levers_t.md").read_text()
