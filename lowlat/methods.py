@@ -22,6 +22,7 @@ Two families stand side by side:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,6 +186,23 @@ def calibration_pair(start: str, net: nn.Module,
             set_module(target, name, ClipTarget(th[name]))
     target.recompile()
     return snn, target.eval()
+
+
+def target_at_levels(target: nn.Module, levels: int) -> nn.Module:
+    """A copy of a QC-ANN target whose activations round to ``min(L, levels)`` levels.
+
+    Why: a T-step rate takes T + 1 values, so at T < L the SNN cannot reach the L-level target;
+    calibrating it against the T-level rounding of the same network is the lever
+    ``target=T`` of ``scripts/levers.py`` (lowlat only; the paper matches the L-level QC-ANN).
+    """
+    out = copy.deepcopy(target)
+    qcs = [m for m in out.modules() if isinstance(m, QCActivation)]
+    if not qcs:
+        raise ValueError("target_at_levels: the target has no QC activation (a start from the "
+                         "ReLU ANN has no levels to round to)")
+    for m in qcs:
+        m.levels = min(int(m.levels), int(levels))
+    return out.eval()
 
 
 def ratenorm(rn: nn.Module, **_: Any) -> fx.GraphModule:

@@ -13,6 +13,7 @@ Each ``--variant`` is one Phase II recipe applied to every run folder (``--run``
         lmpc_iterations [1] | optimizer [adam] | lr [1e-4] | iterations [30] | batch [256]
         accept [always] (always | mse | val: keep LWC only if it beats LMPC alone on validation)
         head [none] (kl | mse: refit the classifier after the last IF layer, lowlat.head)
+        target [L] (L: the QC-ANN as trained | T: its rounding to min(L, T) levels)
 
     python scripts/levers.py --run runs/c10_L4s05 --timesteps 2 4 --val-batches 20 \\
         --variant conv:unbiased "lmpc:lmpc=1" "lmpc3:lmpc=1,lmpc_iterations=3" --name lmpc
@@ -38,12 +39,20 @@ from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.convert import activation_stats
 from lowlat.head import HEAD_LOSSES, calibrate_head
 from lowlat.lit import evaluate
-from lowlat.methods import START_SOURCE, calibration_pair, convert, get_method, load_snn
+from lowlat.methods import (
+    START_SOURCE,
+    calibration_pair,
+    convert,
+    get_method,
+    load_snn,
+    target_at_levels,
+)
 from lowlat.simulate import evaluate_snn
 
 DEFAULTS = {"start": "unbiased", "lmpc": "1", "lwc": "0", "formula": "signed",
             "granularity": "neuron", "lmpc_iterations": "1", "optimizer": "adam", "lr": "1e-4",
-            "iterations": "30", "batch": "256", "accept": "always", "head": "none"}
+            "iterations": "30", "batch": "256", "accept": "always", "head": "none",
+            "target": "L"}
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -68,6 +77,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
             raise SystemExit(f"variant {spec!r}: unknown setting {k!r}; valid: "
                              f"{', '.join(DEFAULTS)}")
         kv[k] = v
+    if kv["target"] not in ("L", "T"):
+        raise SystemExit(f"variant {spec!r}: target must be L or T, got {kv['target']!r}")
     return name, kv
 
 
@@ -152,6 +163,8 @@ def main(argv: list[str] | None = None) -> Path:
                 row.update(kv)
                 snn, target = calibration_pair(kv["start"], nets[START_SOURCE[kv["start"]]],
                                                stats)
+                if kv["target"] == "T":
+                    target = target_at_levels(target, T)
                 reps = calibrate(snn, target, xs, calib_config(T, kv), progress=False)
                 row["val_top1"] = acc(snn, T)
                 if kv["accept"] == "val" and kv["lwc"] == "1":

@@ -117,3 +117,19 @@ def test_lwc_uses_the_named_optimizer(monkeypatch, optimizer, cls):
     assert len(made) == 1
     if optimizer == "sgd":
         assert made[0]["momentum"] == 0.9  # the paper's SGD
+
+
+def test_target_at_levels_rounds_a_copy_to_T_levels():
+    from lowlat.methods import target_at_levels
+
+    qc = _qc(0.5, levels=4)
+    x = torch.randn(512, 5)
+    two = target_at_levels(qc, 2)
+    assert [m.levels for m in qc.modules() if isinstance(m, QCActivation)] == [4, 4]
+    assert [m.levels for m in two.modules() if isinstance(m, QCActivation)] == [2, 2]
+    assert target_at_levels(qc, 8) is not qc  # T >= L: the same rounding, still a copy
+    # the hidden activation takes at most the 3 values a 2-step rate can carry
+    h = two[1](two[0](x))
+    assert set((h / two[1].threshold * 2).round().unique().tolist()) <= {0.0, 1.0, 2.0}
+    with pytest.raises(ValueError, match="no QC activation"):
+        target_at_levels(nn.Sequential(nn.Linear(5, 3), nn.ReLU()), 2)
