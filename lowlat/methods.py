@@ -189,11 +189,12 @@ def calibration_pair(start: str, net: nn.Module,
 
 
 def target_at_levels(target: nn.Module, levels: int) -> nn.Module:
-    """A copy of a QC-ANN target whose activations round to ``min(L, levels)`` levels.
+    """A copy of a QC-ANN target whose activations round to ``levels`` levels (same λ).
 
-    Why: a T-step rate takes T + 1 values, so at T < L the SNN cannot reach the L-level target;
-    calibrating it against the T-level rounding of the same network is the lever
-    ``target=T`` of ``scripts/levers.py`` (lowlat only; the paper matches the L-level QC-ANN).
+    Why: a T-step rate takes T + 1 values. At T < L the SNN cannot reach the L-level target and
+    the T-level rounding of the same network is what it can match; at T > L the finer rounding
+    is closer to the ReLU network (``scripts/levers.py`` variant ``qc:T`` measures both). The
+    lever ``target=T`` of ``scripts/levers.py``; lowlat only (the paper matches the QC-ANN).
     """
     out = copy.deepcopy(target)
     qcs = [m for m in out.modules() if isinstance(m, QCActivation)]
@@ -201,7 +202,7 @@ def target_at_levels(target: nn.Module, levels: int) -> nn.Module:
         raise ValueError("target_at_levels: the target has no QC activation (a start from the "
                          "ReLU ANN has no levels to round to)")
     for m in qcs:
-        m.levels = min(int(m.levels), int(levels))
+        m.levels = int(levels)
     return out.eval()
 
 

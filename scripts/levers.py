@@ -13,7 +13,7 @@ Each ``--variant`` is one Phase II recipe applied to every run folder (``--run``
         lmpc_iterations [1] | optimizer [adam] | lr [1e-4] | iterations [30] | batch [256]
         accept [always] (always | mse | val: keep LWC only if it beats LMPC alone on validation)
         head [none] (kl | mse: refit the classifier after the last IF layer, lowlat.head)
-        target [L] (L: the QC-ANN as trained | T: its rounding to min(L, T) levels)
+        target [L] (L: the QC-ANN as trained | T: the same λ rounded to T levels)
 
     python scripts/levers.py --run runs/c10_L4s05 --timesteps 2 4 --val-batches 20 \\
         --variant conv:unbiased "lmpc:lmpc=1" "lmpc3:lmpc=1,lmpc_iterations=3" --name lmpc

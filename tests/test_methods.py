@@ -127,7 +127,8 @@ def test_target_at_levels_rounds_a_copy_to_T_levels():
     two = target_at_levels(qc, 2)
     assert [m.levels for m in qc.modules() if isinstance(m, QCActivation)] == [4, 4]
     assert [m.levels for m in two.modules() if isinstance(m, QCActivation)] == [2, 2]
-    assert target_at_levels(qc, 8) is not qc  # T >= L: the same rounding, still a copy
+    assert [m.levels for m in target_at_levels(qc, 8).modules()
+            if isinstance(m, QCActivation)] == [8, 8]  # T > L: the finer rounding
     # the hidden activation takes at most the 3 values a 2-step rate can carry
     h = two[1](two[0](x))
     assert set((h / two[1].threshold * 2).round().unique().tolist()) <= {0.0, 1.0, 2.0}
