@@ -54,6 +54,7 @@ class Recipe:
     #                              | val (keep the LWC pass only if it beats LMPC on validation)
     lmpc_iterations: int = 1     # LMPC: 1 (eq. 13) | k (repeat the signed correction)
     head: str = "none"           # after the layers: none (paper) | kl | mse (lowlat.head)
+    target: str = "L"            # match: L (the QC-ANN, paper) | T (its rounding to T levels)
 
 
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
@@ -296,7 +297,7 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   optimizer=str(lw.get("optimizer", "adam")),
                   accept=str(lw.get("accept", "val")),
                   lmpc_iterations=int(lw.get("lmpc_iterations", 3)),
-                  head=str(lw.get("head", "none")))
+                  head=str(lw.get("head", "none")), target=str(lw.get("target", "L")))
 
 
 def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:

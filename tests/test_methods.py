@@ -134,3 +134,10 @@ def test_target_at_levels_rounds_a_copy_to_T_levels():
     assert set((h / two[1].threshold * 2).round().unique().tolist()) <= {0.0, 1.0, 2.0}
     with pytest.raises(ValueError, match="no QC activation"):
         target_at_levels(nn.Sequential(nn.Linear(5, 3), nn.ReLU()), 2)
+
+
+def test_lowlat_recipe_reads_head_and_target():
+    r = recipe("lowlat", {"head": "kl", "target": "T"})
+    assert (r.head, r.target) == ("kl", "T")
+    assert (recipe("lowlat").head, recipe("lowlat").target) == ("none", "L")
+    assert recipe("lmpc+lwc", {"target": "T"}).target == "L"  # the paper's rows are fixed

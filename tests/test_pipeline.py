@@ -88,6 +88,26 @@ def test_all_skips_up_to_date_stages(tiny_run, tmp_path):
     assert [(x["method"], x["T"]) for x in rows] == [("phase1", 2)]
 
 
+def test_lowlat_options_make_their_own_artifact(tiny_run, tmp_path):
+    """phase2.lowlat.target=T and head=mse change the lowlat artifact (fingerprint, recipe,
+    the head's weights), and the defaults leave the earlier artifact valid."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.parent.parent, root)
+    run = root / "runs/tiny"
+    old = load_artifact(run / "snn_T2_lowlat.pt", "snn")
+    r = run_cli("stage=phase2", "experiment=tiny", f"paths.root_dir={root}",
+                "phase2.methods=[lowlat]", "eval.methods=[lowlat]", "phase2.lowlat.target=T",
+                "phase2.lowlat.head=mse")
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = load_artifact(run / "snn_T2_lowlat.pt", "snn")
+    assert new["fingerprint"] != old["fingerprint"]
+    assert new["recipe"]["target"] == "T" and new["recipe"]["head"] == "mse"
+    heads = [x for x in new["metrics"]["layers"] if x["layer"].startswith("head:")]
+    assert len(heads) == 1 and heads[0]["head_loss_after"] < heads[0]["head_loss_before"]
+    head = heads[0]["layer"].split(":", 1)[1]
+    assert not torch.equal(new["state_dict"][f"{head}.weight"], old["state_dict"][f"{head}.weight"])
+
+
 @pytest.mark.parametrize("args,needle", [
     (["stage=nope"], "stage"),
     (["stage=ann", "model.name=vgg17"], "vgg17"),

@@ -123,6 +123,11 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.optimizer", lw.optimizer, ("adam", "sgd"))
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
     _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
+    _one_of("phase2.lowlat.target", lw.get("target", "L"), ("L", "T"))
+    if lw.get("target", "L") == "T" and lw.start == "channelnorm":
+        raise ConfigError("phase2.lowlat.target=T needs a QC-ANN start (the channelnorm start "
+                          "matches the ReLU ANN, which has no levels); set phase2.lowlat.start "
+                          "to phase1, opti or unbiased")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from lowlat.artifacts import (
     snn_name,
 )
 from lowlat.calibrate import CalibConfig, calibrate
-from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
+from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe, target_at_levels
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
@@ -66,7 +66,9 @@ def artifact_fp(ctx: Context, method: str, T: int, source_fp: str) -> str:
     if start_source(ctx, method) == "ann":
         keys += ["eval.stat_images", "eval.robust_percentile"]
     cc = calib_config(ctx, method, T).fingerprint()
-    return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}")
+    t = recipe(method, OmegaConf.to_container(ctx.cfg.phase2.lowlat, resolve=True)).target
+    extra = "" if t == "L" else f":target={t}"  # artifacts made before the option stay valid
+    return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}")
 
 
 def run_phase2(ctx: Context) -> dict:
@@ -111,9 +113,12 @@ def run_phase2(ctx: Context) -> dict:
     for T, method, fp in todo:
         cc = calib_config(ctx, method, T)
         torch.manual_seed(int(cfg.seed))
-        start = recipe(method, OmegaConf.to_container(p.lowlat, resolve=True)).start
+        r = recipe(method, OmegaConf.to_container(p.lowlat, resolve=True))
+        start = r.start
         src_art = arts[START_SOURCE[start]]
         snn, target = calibration_pair(start, nets[START_SOURCE[start]], stats)
+        if r.target == "T":  # match the QC-ANN rounded to T levels (methods.target_at_levels)
+            target = target_at_levels(target, T)
         snn = snn.to(ctx.device)
         # a killed run left the layers it finished in a partial file: resume after them
         part_path = partial_path(ctx.run_dir / snn_name(T, method))
@@ -169,7 +174,7 @@ def run_phase2(ctx: Context) -> dict:
         save_artifact(ctx.run_dir / snn_name(T, method), "snn", snn.cpu(), src_art["arch"],
                       src_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
                       label=get_method(method).label, upstream=src_art["fingerprint"],
-                      recipe={**cc.__dict__, "start": start})
+                      recipe={**cc.__dict__, "start": start, "target": r.target})
         part_path.unlink(missing_ok=True)  # the artifact holds it all now
         log_metrics(loggers, {f"phase2/{method}/T{T}/val_top1": val_top1,
                               f"phase2/{method}/T{T}/calib_seconds": seconds}, step)
