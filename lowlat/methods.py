@@ -55,6 +55,7 @@ class Recipe:
     lmpc_iterations: int = 1     # LMPC: 1 (eq. 13) | k (repeat the signed correction)
     head: str = "none"           # after the layers: none (paper) | kl | mse (lowlat.head)
     target: str = "L"            # match: L (the QC-ANN, paper) | T (its rounding to T levels)
+    #                              | finer (T levels where T > L, else L: effective_target)
 
 
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
@@ -189,6 +190,20 @@ def calibration_pair(start: str, net: nn.Module,
     return snn, target.eval()
 
 
+TARGETS = ("L", "T", "finer")
+
+
+def effective_target(mode: str, levels: int | None, T: int) -> str:
+    """What a calibration at T matches: ``'L'`` (the QC-ANN as trained) or ``'T'`` (its
+    rounding to T levels). ``'finer'`` takes whichever has more levels; ``levels`` is the
+    QC-ANN's L (None: a start without levels, which only ``'L'`` fits)."""
+    if mode not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {mode!r}")
+    if mode == "finer":
+        return "T" if levels is not None and T > levels else "L"
+    return mode
+
+
 def target_at_levels(target: nn.Module, levels: int) -> nn.Module:
     """A copy of a QC-ANN target whose activations round to ``levels`` levels (same λ).
 
@@ -297,7 +312,7 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   optimizer=str(lw.get("optimizer", "adam")),
                   accept=str(lw.get("accept", "val")),
                   lmpc_iterations=int(lw.get("lmpc_iterations", 3)),
-                  head=str(lw.get("head", "none")), target=str(lw.get("target", "L")))
+                  head=str(lw.get("head", "none")), target=str(lw.get("target", "finer")))
 
 
 def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:

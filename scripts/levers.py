@@ -13,7 +13,8 @@ Each ``--variant`` is one Phase II recipe applied to every run folder (``--run``
         lmpc_iterations [1] | optimizer [adam] | lr [1e-4] | iterations [30] | batch [256]
         accept [always] (always | mse | val: keep LWC only if it beats LMPC alone on validation)
         head [none] (kl | mse: refit the classifier after the last IF layer, lowlat.head)
-        target [L] (L: the QC-ANN as trained | T: the same λ rounded to T levels)
+        target [L] (L: the QC-ANN as trained | T: the same λ rounded to T levels | finer:
+                    T where T > L, else L)
 
     python scripts/levers.py --run runs/c10_L4s05 --timesteps 2 4 --val-batches 20 \\
         --variant conv:unbiased "lmpc:lmpc=1" "lmpc3:lmpc=1,lmpc_iterations=3" --name lmpc
@@ -41,8 +42,10 @@ from lowlat.head import HEAD_LOSSES, calibrate_head
 from lowlat.lit import evaluate
 from lowlat.methods import (
     START_SOURCE,
+    TARGETS,
     calibration_pair,
     convert,
+    effective_target,
     get_method,
     load_snn,
     target_at_levels,
@@ -77,8 +80,9 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
             raise SystemExit(f"variant {spec!r}: unknown setting {k!r}; valid: "
                              f"{', '.join(DEFAULTS)}")
         kv[k] = v
-    if kv["target"] not in ("L", "T"):
-        raise SystemExit(f"variant {spec!r}: target must be L or T, got {kv['target']!r}")
+    if kv["target"] not in TARGETS:
+        raise SystemExit(f"variant {spec!r}: target must be one of {', '.join(TARGETS)}, "
+                         f"got {kv['target']!r}")
     return name, kv
 
 
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> Path:
                 row.update(kv)
                 snn, target = calibration_pair(kv["start"], nets[START_SOURCE[kv["start"]]],
                                                stats)
-                if kv["target"] == "T":
+                if effective_target(kv["target"], desc["levels"], T) == "T":
                     target = target_at_levels(target, T)
                 reps = calibrate(snn, target, xs, calib_config(T, kv), progress=False)
                 row["val_top1"] = acc(snn, T)

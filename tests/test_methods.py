@@ -139,5 +139,15 @@ def test_target_at_levels_rounds_a_copy_to_T_levels():
 def test_lowlat_recipe_reads_head_and_target():
     r = recipe("lowlat", {"head": "kl", "target": "T"})
     assert (r.head, r.target) == ("kl", "T")
-    assert (recipe("lowlat").head, recipe("lowlat").target) == ("none", "L")
+    assert (recipe("lowlat").head, recipe("lowlat").target) == ("none", "finer")
     assert recipe("lmpc+lwc", {"target": "T"}).target == "L"  # the paper's rows are fixed
+
+
+def test_effective_target_takes_the_finer_rounding():
+    from lowlat.methods import effective_target
+
+    assert [effective_target("finer", 4, T) for T in (2, 4, 8)] == ["L", "L", "T"]
+    assert effective_target("finer", None, 8) == "L"  # a ReLU target: already the finest
+    assert (effective_target("L", 2, 8), effective_target("T", 4, 2)) == ("L", "T")
+    with pytest.raises(ValueError, match="target must be one of L, T, finer"):
+        effective_target("coarse", 4, 2)

@@ -89,7 +89,7 @@ def test_misspelt_keys_are_refused_even_with_plus():
     ("data._target_=lowlat.data.Nope", "data._target_: cannot import 'lowlat.data.Nope'"),
     ("phase2.lwc=3", "phase2.lwc must be a group of keys"),
     ("phase2.lowlat.head=softmax", "phase2.lowlat.head must be one of none, mse, kl"),
-    ("phase2.lowlat.target=t", "phase2.lowlat.target must be one of L, T, got 't'"),
+    ("phase2.lowlat.target=t", "phase2.lowlat.target must be one of L, T, finer, got 't'"),
     ("ann.momentum=???", "ann.momentum"),
 ])
 def test_unknown_keys_and_targets_name_the_key(override, needle):
@@ -109,5 +109,6 @@ def test_schema_groups_are_the_defaults_of_config_yaml():
 
 def test_target_T_needs_a_qcann_start():
     validate(_cfg("phase2.lowlat.target=T"))  # the default start (unbiased) has levels
+    validate(_cfg("phase2.lowlat.start=channelnorm"))  # finer (the default) keeps a ReLU target
     with pytest.raises(ConfigError, match="target=T needs a QC-ANN start"):
         validate(_cfg("phase2.lowlat.target=T", "phase2.lowlat.start=channelnorm"))

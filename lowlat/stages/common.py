@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowlat.artifacts import fingerprint
 from lowlat.head import HEAD_LOSSES
+from lowlat.methods import TARGETS
 from lowlat.models import model_entrypoint
 
 log = logging.getLogger("lowlat")
@@ -123,11 +124,13 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.optimizer", lw.optimizer, ("adam", "sgd"))
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
     _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
-    _one_of("phase2.lowlat.target", lw.get("target", "L"), ("L", "T"))
+    _one_of("phase2.lowlat.target", lw.get("target", "L"), TARGETS)
     if lw.get("target", "L") == "T" and lw.start == "channelnorm":
+        # (finer is satisfied by the ReLU target, the limit of many levels: it keeps it)
         raise ConfigError("phase2.lowlat.target=T needs a QC-ANN start (the channelnorm start "
-                          "matches the ReLU ANN, which has no levels); set phase2.lowlat.start "
-                          "to phase1, opti or unbiased")
+                          "matches the ReLU ANN, which has no levels): set "
+                          "phase2.lowlat.target=L or finer, or phase2.lowlat.start to phase1, "
+                          "opti or unbiased")
 
 
 @dataclass

@@ -23,7 +23,14 @@ from lowlat.artifacts import (
     snn_name,
 )
 from lowlat.calibrate import CalibConfig, calibrate
-from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe, target_at_levels
+from lowlat.methods import (
+    START_SOURCE,
+    calibration_pair,
+    effective_target,
+    get_method,
+    recipe,
+    target_at_levels,
+)
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
@@ -59,15 +66,20 @@ def start_source(ctx: Context, method: str) -> str:
                                                                resolve=True))
 
 
-def artifact_fp(ctx: Context, method: str, T: int, source_fp: str) -> str:
+def _target(ctx: Context, method: str, T: int, src_art: dict) -> str:
+    """'L' or 'T' (``methods.effective_target``) for one (method, T) and its source artifact."""
+    r = recipe(method, OmegaConf.to_container(ctx.cfg.phase2.lowlat, resolve=True))
+    return effective_target(r.target, src_art["act"].get("kwargs", {}).get("levels"), T)
+
+
+def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str = "L") -> str:
     """What a calibrated artifact depends on: its recipe, budget, data size and its source
     artifact (and, for a start from the ReLU ANN, the statistics its thresholds come from)."""
     keys = ["phase2.calib_samples", "seed", "data.val_fraction"]
     if start_source(ctx, method) == "ann":
         keys += ["eval.stat_images", "eval.robust_percentile"]
     cc = calib_config(ctx, method, T).fingerprint()
-    t = recipe(method, OmegaConf.to_container(ctx.cfg.phase2.lowlat, resolve=True)).target
-    extra = "" if t == "L" else f":target={t}"  # artifacts made before the option stay valid
+    extra = "" if target == "L" else f":target={target}"  # earlier artifacts stay valid
     return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}")
 
 
@@ -81,7 +93,8 @@ def run_phase2(ctx: Context) -> dict:
     for T in sorted(int(t) for t in p.timesteps):
         for method in p.methods:
             src_art = arts[start_source(ctx, method)]
-            fp = artifact_fp(ctx, method, T, src_art["fingerprint"])
+            fp = artifact_fp(ctx, method, T, src_art["fingerprint"],
+                             _target(ctx, method, T, src_art))
             try:
                 done = load_artifact(ctx.run_dir / snn_name(T, method), "snn")
             except ArtifactError:
@@ -117,7 +130,8 @@ def run_phase2(ctx: Context) -> dict:
         start = r.start
         src_art = arts[START_SOURCE[start]]
         snn, target = calibration_pair(start, nets[START_SOURCE[start]], stats)
-        if r.target == "T":  # match the QC-ANN rounded to T levels (methods.target_at_levels)
+        eff = _target(ctx, method, T, src_art)
+        if eff == "T":  # match the QC-ANN rounded to T levels (methods.target_at_levels)
             target = target_at_levels(target, T)
         snn = snn.to(ctx.device)
         # a killed run left the layers it finished in a partial file: resume after them
@@ -174,7 +188,8 @@ def run_phase2(ctx: Context) -> dict:
         save_artifact(ctx.run_dir / snn_name(T, method), "snn", snn.cpu(), src_art["arch"],
                       src_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
                       label=get_method(method).label, upstream=src_art["fingerprint"],
-                      recipe={**cc.__dict__, "start": start, "target": r.target})
+                      recipe={**cc.__dict__, "start": start, "target": eff,
+                              "target_setting": r.target})
         part_path.unlink(missing_ok=True)  # the artifact holds it all now
         log_metrics(loggers, {f"phase2/{method}/T{T}/val_top1": val_top1,
                               f"phase2/{method}/T{T}/calib_seconds": seconds}, step)
