@@ -37,19 +37,11 @@ import torch
 from lowlat.activations import QCActivation
 from lowlat.artifacts import ANN, QCANN, datamodule_of, load_artifact, load_network, snn_name
 from lowlat.calibrate import CalibConfig, calibrate
+from lowlat.conversions import TARGETS, effective_target, target_at_levels
 from lowlat.convert import activation_stats
 from lowlat.head import HEAD_LOSSES, calibrate_head
 from lowlat.lit import evaluate
-from lowlat.methods import (
-    START_SOURCE,
-    TARGETS,
-    calibration_pair,
-    convert,
-    effective_target,
-    get_method,
-    load_snn,
-    target_at_levels,
-)
+from lowlat.methods import START_SOURCE, calibration_pair, convert, get_method, load_snn
 from lowlat.simulate import evaluate_snn
 
 DEFAULTS = {"start": "unbiased", "lmpc": "1", "lwc": "0", "formula": "signed",

@@ -120,7 +120,7 @@ def test_lwc_uses_the_named_optimizer(monkeypatch, optimizer, cls):
 
 
 def test_target_at_levels_rounds_a_copy_to_T_levels():
-    from lowlat.methods import target_at_levels
+    from lowlat.conversions import target_at_levels
 
     qc = _qc(0.5, levels=4)
     x = torch.randn(512, 5)
@@ -144,7 +144,7 @@ def test_lowlat_recipe_reads_head_and_target():
 
 
 def test_effective_target_takes_the_finer_rounding():
-    from lowlat.methods import effective_target
+    from lowlat.conversions import effective_target
 
     assert [effective_target("finer", 4, T) for T in (2, 4, 8)] == ["L", "L", "T"]
     assert effective_target("finer", None, 8) == "L"  # a ReLU target: already the finest

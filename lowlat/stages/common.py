@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowlat.artifacts import fingerprint
+from lowlat.conversions import TARGETS
 from lowlat.head import HEAD_LOSSES
-from lowlat.methods import TARGETS
 from lowlat.models import model_entrypoint
 
 log = logging.getLogger("lowlat")

@@ -23,14 +23,8 @@ from lowlat.artifacts import (
     snn_name,
 )
 from lowlat.calibrate import CalibConfig, calibrate
-from lowlat.methods import (
-    START_SOURCE,
-    calibration_pair,
-    effective_target,
-    get_method,
-    recipe,
-    target_at_levels,
-)
+from lowlat.conversions import effective_target, target_at_levels
+from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
