@@ -272,6 +272,9 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
     """
     if cfg.head not in HEAD_LOSSES:
         raise ValueError(f"head must be one of {', '.join(HEAD_LOSSES)}, got {cfg.head!r}")
+    if cfg.head != "none" and layers is not None:
+        raise ValueError(f"head={cfg.head!r} refits the output after all layers; it cannot be "
+                         "combined with a subset of layers (layers=...)")
     names = list(layers) if layers is not None else [n for n, _ in spiking_layers(snn)]
     ann = ann.eval()
     snn.eval()
@@ -300,7 +303,7 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
         reports.append(rep)
         if log is not None:
             log(rep)
-    if cfg.head != "none" and layers is None and not any(d.startswith("head:") for d in done):
+    if cfg.head != "none" and not any(d.startswith("head:") for d in done):
         rep = calibrate_head(snn, ann, xs, cfg.T, cfg.head, cfg.head_iterations, cfg.head_lr,
                              cfg.eval_batch, cfg.max_chunk)
         reports.append(rep)

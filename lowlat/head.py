@@ -105,7 +105,7 @@ def calibrate_head(snn: nn.Module, teacher: nn.Module, xs: Tensor, T: int, loss:
     if err > 1e-4 * scale + 1e-5:
         raise ValueError(f"head calibration: the SNN's output is not linear in the input of "
                          f"{name!r} (max difference {err:.3g}); layers after it are not supported")
-    params = [p for p in head.parameters()]
+    params = list(head.parameters())
     req = [p.requires_grad for p in params]
     before = float(_loss(loss, y, z))
     try:

@@ -83,6 +83,8 @@ def test_calibrate_fits_the_head_last_and_keeps_old_fingerprints():
         old.pop(k)
     assert CalibConfig(T=2).fingerprint() == old
     assert CalibConfig(T=2, head="mse").fingerprint()["head"] == "mse"
+    with pytest.raises(ValueError, match="cannot be combined with a subset of layers"):
+        calibrate(snn, ann, xs, CalibConfig(T=2, head="kl"), layers=["1"], progress=False)
     with pytest.raises(ValueError, match="head must be one of none, mse, kl"):
         calibrate(snn, ann, xs, CalibConfig(T=2, head="soft"), progress=False)
 
