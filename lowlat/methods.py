@@ -64,6 +64,7 @@ class Recipe:
     head: str = "none"           # after the layers: none (paper) | kl | mse (lowlat.head)
     target: str = "L"            # match: L (the QC-ANN, paper) | T (its rounding to T levels)
     #                              | finer (T levels where T > L, else L: effective_target)
+    finetune: bool = False       # then the whole SNN by BPTT (phase2.finetune, lowlat.finetune)
 
 
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
@@ -86,6 +87,7 @@ class Method:
     convert: Callable[..., fx.GraphModule] | None = None  # (net, T=..., stats=...) -> SNN
     recipe: Recipe | None = None    # calibrated methods (built by stage phase2)
     lowlat_recipe: tuple[bool, bool] | None = None  # (lmpc, lwc) of phase2.lowlat's recipe
+    finetune: bool = False          # end-to-end BPTT after the layers (phase2.finetune)
     stats: str | None = None        # key of the activation statistic used as θ (ReLU ANN)
     peer: bool = False              # another library's method (neither the paper's nor lowlat's)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -178,6 +180,11 @@ _TABLE = [
            "LMPC then LWC per layer with the phase2.lowlat recipe (default: LWC kept only if it "
            "beats LMPC alone on validation)", per_T=True,
            lowlat_recipe=(True, True)),
+    Method("lowlat-ft", "lowlat LMPC + fine-tune", "qcann", False,
+           "lowlat-lmpc, then the whole SNN fine-tuned end to end by BPTT at its T on the "
+           "training split (phase2.finetune: cross-entropy + KL to the ReLU ANN), the best state "
+           "on validation kept (hybrid conversion, Rathi et al. 2020)", per_T=True,
+           lowlat_recipe=(True, False), finetune=True),
 ]
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 PAPER_METHODS = tuple(m.name for m in _TABLE if m.paper)
@@ -206,7 +213,8 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   optimizer=str(lw.get("optimizer", "adam")),
                   accept=str(lw.get("accept", "val")),
                   lmpc_iterations=int(lw.get("lmpc_iterations", 3)),
-                  head=str(lw.get("head", "none")), target=str(lw.get("target", "finer")))
+                  head=str(lw.get("head", "none")), target=str(lw.get("target", "finer")),
+                  finetune=m.finetune)
 
 
 def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:

@@ -91,7 +91,8 @@ def test_table_is_consistent():
     assert set(PAPER_METHODS) >= {"phase1", "opti", "opt", "lmpc", "lwc", "lmpc+lwc", "maxnorm",
                                   "robustnorm", "ratenorm"}
     assert set(CALIBRATED) == {"lmpc", "lwc", "lmpc+lwc", "lowlat-cn", "lowlat-lmpc",
-                               "lowlat-lwc", "lowlat"}
+                               "lowlat-lwc", "lowlat", "lowlat-ft"}
+    assert [m.name for m in METHODS.values() if m.finetune] == ["lowlat-ft"]  # only it trains
     for m in METHODS.values():  # a fixed recipe starts from the artifact the method names
         if m.recipe is not None:
             assert START_SOURCE[m.recipe.start] == m.source, m.name

@@ -134,8 +134,9 @@ class LowLatDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._set("train"), self.batch_size, shuffle=True)
+    def train_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """Shuffled training batches (``data.batch_size`` unless ``batch_size`` is given)."""
+        return self._loader(self._set("train"), batch_size or self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         """The held-out part of the training set (never the test split)."""

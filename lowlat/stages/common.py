@@ -44,6 +44,9 @@ NUMBERS = [
     ("phase2.lwc.batch_size", 1, None, int), ("phase2.lwc.gamma", 0, None, float),
     ("phase2.lwc.momentum", 0, 1, float), ("phase2.lwc.weight_decay", 0, None, float),
     ("phase2.lowlat.lmpc_iterations", 1, None, int),
+    ("phase2.finetune.iterations", 1, None, int), ("phase2.finetune.lr", 0, None, float),
+    ("phase2.finetune.batch_size", 1, None, int), ("phase2.finetune.kd", 0, 1, float),
+    ("phase2.finetune.gamma", 0, None, float), ("phase2.finetune.eval_every", 1, None, int),
 ]
 
 

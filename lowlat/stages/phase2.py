@@ -8,6 +8,7 @@ artifact already matches the config and the QC-ANN is skipped, so a killed run r
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -24,6 +25,7 @@ from lowlat.artifacts import (
 )
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.conversions import effective_target, target_at_levels
+from lowlat.finetune import FinetuneConfig, finetune
 from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
@@ -55,6 +57,24 @@ def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
         seed=int(ctx.cfg.seed), head=r.head)
 
 
+def finetune_config(ctx: Context) -> FinetuneConfig:
+    f = ctx.cfg.phase2.finetune
+    return FinetuneConfig(iterations=int(f.iterations), lr=float(f.lr),
+                          batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
+                          eval_every=int(f.eval_every))
+
+
+def _finetunes(ctx: Context, method: str) -> bool:
+    return recipe(method, OmegaConf.to_container(ctx.cfg.phase2.lowlat, resolve=True)).finetune
+
+
+def train_batches(dm, batch_size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augmented, normalised training batches on ``device``, epoch after epoch."""
+    while True:
+        for x, y in dm.train_dataloader(batch_size):
+            yield dm.transform_batch(x.to(device), train=True), y.to(device)
+
+
 def start_source(ctx: Context, method: str) -> str:
     return methods.start_source(method, OmegaConf.to_container(ctx.cfg.phase2.lowlat,
                                                                resolve=True))
@@ -66,21 +86,30 @@ def _target(ctx: Context, method: str, T: int, src_art: dict) -> str:
     return effective_target(r.target, src_art["act"].get("kwargs", {}).get("levels"), T)
 
 
-def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str = "L") -> str:
+def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str = "L",
+                teacher_fp: str | None = None) -> str:
     """What a calibrated artifact depends on: its recipe, budget, data size and its source
-    artifact (and, for a start from the ReLU ANN, the statistics its thresholds come from)."""
+    artifact (and, for a start from the ReLU ANN, the statistics its thresholds come from; for
+    a fine-tuned method, its budget, augmentation and teacher)."""
     keys = ["phase2.calib_samples", "seed", "data.val_fraction"]
     if start_source(ctx, method) == "ann":
         keys += ["eval.stat_images", "eval.robust_percentile"]
     cc = calib_config(ctx, method, T).fingerprint()
     extra = "" if target == "L" else f":target={target}"  # earlier artifacts stay valid
+    if _finetunes(ctx, method):
+        keys += ["phase2.finetune", "data.crop_padding", "data.flip", "data.autoaugment",
+                 "data.cutout"]
+        extra += f":finetune:teacher={teacher_fp}"
     return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}")
 
 
 def run_phase2(ctx: Context) -> dict:
     cfg, p = ctx.cfg, ctx.cfg.phase2
     arts: dict[str, dict] = {}
-    for src in sorted({start_source(ctx, m) for m in p.methods}):
+    sources = {start_source(ctx, m) for m in p.methods}
+    if any(_finetunes(ctx, m) for m in p.methods) and float(p.finetune.kd) > 0:
+        sources.add("ann")  # the fine-tune's teacher
+    for src in sorted(sources):
         arts[src] = load_artifact(ctx.run_dir / SOURCE_FILE[src], src)
         check_arch(ctx, arts[src], ctx.run_dir / SOURCE_FILE[src])
     todo = []
@@ -88,7 +117,8 @@ def run_phase2(ctx: Context) -> dict:
         for method in p.methods:
             src_art = arts[start_source(ctx, method)]
             fp = artifact_fp(ctx, method, T, src_art["fingerprint"],
-                             _target(ctx, method, T, src_art))
+                             _target(ctx, method, T, src_art),
+                             arts["ann"]["fingerprint"] if "ann" in arts else None)
             try:
                 done = load_artifact(ctx.run_dir / snn_name(T, method), "snn")
             except ArtifactError:
@@ -175,6 +205,17 @@ def run_phase2(ctx: Context) -> dict:
                 log.info("phase2 %s T=%d: LWC lowered validation top-1 (%.4f -> %.4f): "
                          "discarded", method, T, alt_top1, val_top1)
                 snn, val_top1 = alt, alt_top1
+        if r.finetune:
+            fc = finetune_config(ctx)
+            rep = finetune(snn, train_batches(dm, fc.batch_size, ctx.device), T, fc,
+                           lambda net, m=method: val_acc(net, f"{m} fine-tune")[0],
+                           teacher=nets.get("ann") if fc.kd > 0 else None,
+                           seed=int(cfg.seed), start=val_top1)
+            log.info("phase2 %s T=%d: fine-tune validation top-1 %.4f -> %.4f (best at step "
+                     "%d)", method, T, val_top1, rep["ft_val_best"], rep["ft_best_iteration"])
+            reports = [*reports, rep]
+            metrics.update(val_top1_before_ft=val_top1, ft_kept=rep["ft_val_best"] > val_top1)
+            val_top1 = rep["ft_val_best"]
         seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
         reset_states(snn)
         metrics.update({"val_top1": val_top1, "val_images": n_val, "calib_seconds": seconds,
@@ -183,7 +224,9 @@ def run_phase2(ctx: Context) -> dict:
                       src_art["act"], metrics, ctx.config_dict(), fp, T=T, method=method,
                       label=get_method(method).label, upstream=src_art["fingerprint"],
                       recipe={**cc.__dict__, "start": start, "target": eff,
-                              "target_setting": r.target})
+                              "target_setting": r.target,
+                              **({"finetune": finetune_config(ctx).fingerprint()}
+                                 if r.finetune else {})})
         part_path.unlink(missing_ok=True)  # the artifact holds it all now
         log_metrics(loggers, {f"phase2/{method}/T{T}/val_top1": val_top1,
                               f"phase2/{method}/T{T}/calib_seconds": seconds}, step)

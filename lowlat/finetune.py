@@ -1,0 +1,140 @@
+"""End-to-end fine-tuning of a calibrated SNN by BPTT (method ``lowlat-ft``; not in the paper).
+
+Why: layer-wise calibration (LMPC, LWC) matches each layer's rate to the QC-ANN's activation, so
+the SNN can at best inherit the QC-ANN's accuracy, and every layer's residual error compounds.
+Training the whole SNN for a few hundred steps at its own T, on the training split with the
+triangle surrogate, lets later layers compensate earlier ones' temporal error and learn from the
+labels and from the ReLU ANN (the hybrid conversion of Rathi et al., ICLR 2020, here starting from
+lowlat's LMPC). The network is scored on validation every ``eval_every`` steps and the best state
+is kept, the calibrated start included: fine-tuning never ends below where it began.
+
+Loss: ``(1 − kd)·CE(mean logits, y) + kd·KL(softmax(teacher) ‖ softmax(mean logits))`` with the
+logits averaged over the T steps (what the SNN classifies by).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lowlat.neurons import configure, reset_states, spiking_layers
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The budget and loss of one fine-tune (``phase2.finetune``)."""
+
+    iterations: int = 1000
+    lr: float = 5.0e-4           # Adam, cosine to 0
+    batch_size: int = 128
+    kd: float = 0.5              # weight of the KL term to the teacher (0: labels only)
+    gamma: float = 1.0           # triangle surrogate height
+    eval_every: int = 250        # validation checks (the best is kept)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError(f"finetune: iterations, batch_size and eval_every must be >= 1, "
+                             f"got {self.iterations}, {self.batch_size}, {self.eval_every}")
+        if not 0.0 <= self.kd <= 1.0:
+            raise ValueError(f"finetune.kd must be in [0, 1], got {self.kd}")
+        if not self.lr > 0:
+            raise ValueError(f"finetune.lr must be > 0, got {self.lr}")
+
+    def fingerprint(self) -> dict:
+        return asdict(self)
+
+
+def snn_logits(snn: nn.Module, x: Tensor, T: int) -> Tensor:
+    """Mean output over T steps ``[B, K]``, with the graph through all steps (BPTT)."""
+    b = x.shape[0]
+    reset_states(snn)
+    configure(snn, steps=T, batch=b)
+    out = snn(x)
+    return out.view(T, b, -1).mean(0) if out.shape[0] == T * b else out  # [T·B, K] -> [B, K]
+
+
+def finetune_loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, kd: float) -> Tensor:
+    ce = F.cross_entropy(logits, y)
+    if kd == 0.0 or teacher_logits is None:
+        return ce
+    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher_logits, -1),
+                  log_target=True, reduction="batchmean")
+    return (1.0 - kd) * ce + kd * kl
+
+
+def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
+             cfg: FinetuneConfig, validate: Callable[[nn.Module], float],
+             teacher: nn.Module | None = None, seed: int = 0, progress: bool = True,
+             start: float | None = None) -> dict:
+    """Fine-tune the weights and biases of ``snn`` in place; return a report.
+
+    ``batches`` yields normalised (augmented) training batches; ``validate(snn)`` returns the
+    top-1 the best state is chosen by (the validation split). The thresholds, v(0) and shifts
+    from the conversion and LMPC stay as they are. ``snn`` ends in the best state seen.
+    ``start``: the top-1 ``snn`` already has on that split (saves one validation pass).
+    """
+    if cfg.kd > 0 and teacher is None:
+        raise ValueError("finetune: kd > 0 needs a teacher network (the ReLU ANN)")
+    torch.manual_seed(seed)
+    neurons = [m for _, m in spiking_layers(snn)]
+    params = [p for p in snn.parameters()]
+    req = [p.requires_grad for p in params]
+    start = validate(snn) if start is None else start
+    best, best_state, curve = start, copy.deepcopy(snn.state_dict()), {0: start}
+    losses: list[float] = []
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations)
+    if teacher is not None:
+        teacher = teacher.eval()
+    bar = tqdm(range(1, cfg.iterations + 1), desc=f"finetune T={T}", disable=not progress,
+               leave=False, mininterval=2.0)
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for m in neurons:
+            m.surrogate, m.gamma = True, cfg.gamma
+        for it in bar:
+            x, y = next(batches)
+            with torch.no_grad():
+                z = teacher(x) if teacher is not None and cfg.kd > 0 else None
+            snn.train()
+            loss = finetune_loss(snn_logits(snn, x, T), y, z, cfg.kd)
+            val = float(loss.detach())
+            if not math.isfinite(val):
+                raise FloatingPointError(f"finetune: the loss became {val} at step {it} (T={T}); "
+                                         "lower phase2.finetune.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(val)
+            if it % cfg.eval_every == 0 or it == cfg.iterations:
+                snn.eval()
+                reset_states(snn)
+                with torch.no_grad():
+                    acc = validate(snn)
+                curve[it] = acc
+                bar.set_postfix(val=f"{acc:.4f}", loss=f"{val:.3f}")
+                if acc > best:
+                    best, best_state = acc, copy.deepcopy(snn.state_dict())
+    finally:
+        for m in neurons:
+            m.surrogate = False
+        for p, r in zip(params, req, strict=True):
+            p.requires_grad_(r)
+            p.grad = None
+        snn.eval()
+        reset_states(snn)
+    snn.load_state_dict(best_state)
+    return {"layer": "finetune", "ft_val_start": start, "ft_val_best": best,
+            "ft_best_iteration": min(i for i, a in curve.items() if a == best),
+            "ft_val_curve": {str(k): v for k, v in curve.items()},
+            "ft_loss_first": losses[0] if losses else float("nan"),
+            "ft_loss_last": sum(losses[-20:]) / max(1, len(losses[-20:]))}

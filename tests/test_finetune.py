@@ -1,0 +1,136 @@
+"""End-to-end fine-tuning of a calibrated SNN (lowlat.finetune, method lowlat-ft): it learns,
+keeps the best state on validation (never ends below its start), leaves the neurons' thresholds
+and flags as they were, refuses bad settings, and runs through stages phase2 and eval."""
+
+from __future__ import annotations
+
+import shutil
+from itertools import cycle
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from lowlat.activations import QCActivation
+from lowlat.artifacts import load_artifact, snn_name
+from lowlat.convert import to_snn
+from lowlat.finetune import FinetuneConfig, finetune
+from lowlat.methods import load_snn, recipe
+from lowlat.neurons import spiking_layers
+from lowlat.simulate import run_snn
+from lowlat.stages import evaluate, phase2
+from lowlat.stages.common import ConfigError, Context, validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+T = 2
+
+
+def _task(seed: int = 0):
+    """A 4-level QC network and labels from a different (linear) rule it has to learn."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(8, 32), QCActivation(levels=4, shift=0.5, init_lambda=1.0),
+                        nn.Linear(32, 32), QCActivation(levels=4, shift=0.5, init_lambda=1.0),
+                        nn.Linear(32, 3)).eval()
+    w = torch.randn(8, 3)
+    x = torch.rand(1024, 8) * 2
+    return net, x[:768], (x[:768] @ w).argmax(1), x[768:], (x[768:] @ w).argmax(1)
+
+
+def _acc(snn, x, y) -> float:
+    return float((run_snn(snn, x, T).mean(0).argmax(1) == y).float().mean())
+
+
+def _batches(x, y, size=64):
+    return cycle([(x[i:i + size], y[i:i + size]) for i in range(0, x.shape[0], size)])
+
+
+def test_finetune_learns_and_keeps_the_best_state():
+    net, xt, yt, xv, yv = _task()
+    snn = to_snn(net)
+    theta = {n: m.theta.clone() for n, m in spiking_layers(snn)}
+    req = [p.requires_grad for p in snn.parameters()]
+    start = _acc(snn, xv, yv)
+    cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.0, eval_every=50)
+    rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), progress=False)
+    assert rep["ft_val_start"] == pytest.approx(start)
+    assert rep["ft_val_best"] >= start + 0.3, rep  # a new rule is learnt through the spikes
+    assert _acc(snn, xv, yv) == pytest.approx(rep["ft_val_best"])  # ends in the best state
+    assert rep["ft_loss_last"] < rep["ft_loss_first"]
+    assert set(rep["ft_val_curve"]) == {"0", "50", "100", "150"}
+    for n, m in spiking_layers(snn):  # only weights and biases move; flags restored
+        assert torch.equal(m.theta, theta[n]) and not m.surrogate
+    assert [p.requires_grad for p in snn.parameters()] == req
+    assert all(p.grad is None for p in snn.parameters())
+    assert not snn.training
+
+
+def test_finetune_never_ends_below_its_start():
+    net, xt, yt, xv, yv = _task(1)
+    snn = to_snn(net)
+    before = {k: v.clone() for k, v in snn.state_dict().items()}
+    scores = iter([0.9, 0.5, 0.4, 0.3])  # every check is worse than the start
+    cfg = FinetuneConfig(iterations=30, lr=1e-2, batch_size=64, kd=0.0, eval_every=10)
+    rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: next(scores), progress=False)
+    assert rep["ft_val_best"] == 0.9 and rep["ft_best_iteration"] == 0
+    for k, v in snn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_finetune_with_a_teacher_and_its_refusals():
+    net, xt, yt, xv, yv = _task(2)
+    snn = to_snn(net)
+    cfg = FinetuneConfig(iterations=20, lr=1e-3, batch_size=64, kd=1.0, eval_every=10)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        finetune(snn, _batches(xt, yt), T, cfg, lambda s: 0.0, progress=False)
+    rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), teacher=net,
+                   progress=False)
+    assert rep["ft_loss_last"] < rep["ft_loss_first"]  # KL to the teacher falls
+    bad = cycle([(torch.full((64, 8), float("nan")), yt[:64])])
+    with pytest.raises(FloatingPointError, match="phase2.finetune.lr"):
+        finetune(snn, bad, T, cfg, lambda s: 0.0, teacher=net, progress=False)
+    for kw, key in [({"iterations": 0}, "iterations"), ({"kd": 1.5}, "kd"), ({"lr": 0.0}, "lr")]:
+        with pytest.raises(ValueError, match=key):
+            FinetuneConfig(**kw)
+
+
+def _ctx(root: Path, *overrides: str) -> Context:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=tiny", f"paths.root_dir={root}",
+                                           "logger={}", *overrides])
+    return Context.from_cfg(cfg)
+
+
+FT = ["phase2.methods=[lowlat-lmpc,lowlat-ft]", "phase2.timesteps=[2]", "eval.timesteps=[2]",
+      "eval.methods=[lowlat-lmpc,lowlat-ft]", "phase2.finetune.iterations=6",
+      "phase2.finetune.eval_every=3", "phase2.finetune.batch_size=32"]
+
+
+def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
+    shutil.copytree(tiny_run.parent.parent, tmp_path / "run")
+    ctx = _ctx(tmp_path / "run", *FT)
+    assert recipe("lowlat-ft").finetune and not recipe("lowlat-lmpc").finetune
+    phase2.run_phase2(ctx)
+    lm = load_artifact(ctx.run_dir / snn_name(2, "lowlat-lmpc"), "snn")
+    ft = load_artifact(ctx.run_dir / snn_name(2, "lowlat-ft"), "snn")
+    m = ft["metrics"]
+    # the fine-tune starts from the same LMPC pass: its start is lowlat-lmpc's score
+    assert m["val_top1_before_ft"] == pytest.approx(lm["metrics"]["val_top1"])
+    assert m["val_top1"] >= m["val_top1_before_ft"]
+    assert m["layers"][-1]["layer"] == "finetune" and ft["recipe"]["finetune"]["iterations"] == 6
+    assert ft["fingerprint"] != lm["fingerprint"]
+    load_snn(ft)  # self-describing: rebuilds without the config
+    assert phase2.run_phase2(ctx) == {}  # up to date: nothing redone
+    ctx2 = _ctx(tmp_path / "run", *FT[:-1], "phase2.finetune.batch_size=16")
+    assert set(phase2.run_phase2(ctx2)) == {"lowlat-ft/T2"}  # its budget is in its fingerprint
+    res = evaluate.run_eval(ctx2)
+    assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
+
+
+@pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1)])
+def test_bad_finetune_settings_are_refused_by_name(key, val):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])
+    with pytest.raises(ConfigError, match=f"phase2.finetune.{key}"):
+        validate(cfg)
