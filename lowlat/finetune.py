@@ -32,7 +32,7 @@ class FinetuneConfig:
     """The budget and loss of one fine-tune (``phase2.finetune``)."""
 
     iterations: int = 1000
-    lr: float = 5.0e-4           # Adam, cosine to 0
+    lr: float = 1.0e-3           # Adam, cosine to 0
     batch_size: int = 128
     kd: float = 0.5              # weight of the KL term to the teacher (0: labels only)
     gamma: float = 1.0           # triangle surrogate height

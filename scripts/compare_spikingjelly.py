@@ -9,6 +9,8 @@ batches, v(0) = θ/2), converted and simulated by SpikingJelly itself, step by s
 * ``lowlat-cn`` (method table): the same start calibrated by lowlat, per layer (signed LMPC per
   channel), at every T, on ``--calib-samples`` training images: its calibration CPU seconds are
   recorded per T;
+* ``unbiased`` (method table) converted from the run folder's QC-ANN ``qcann.pt``, if there is
+  one, at every T (no calibration);
 * every calibrated artifact ``snn_T<T>_<method>.pt`` found in the run folder at its T.
 
 "lowlat best" at each T is the lowlat row with the highest VALIDATION top-1; the table reports
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lowlat.artifacts import ANN, datamodule_of, load_artifact, load_network
+from lowlat.artifacts import ANN, QCANN, datamodule_of, load_artifact, load_network
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.convert import activation_stats
 from lowlat.methods import METHODS, calibration_pair, convert, load_snn, recipe
@@ -118,6 +120,11 @@ def main(argv: list[str] | None = None) -> Path:
                                                lmpc_iterations=args.lmpc_iterations),
                   progress=False)
         add("lowlat-cn", ours(snn, [T]), {T: round(time.time() - t0, 1)})
+    if (run / QCANN).is_file():
+        qc = load_artifact(run / QCANN, "qcann")
+        if qc["arch"] != art["arch"]:
+            raise SystemExit(f"{run / QCANN} and {run / ANN} describe different networks")
+        add("unbiased", ours(convert("unbiased", load_network(qc)), ts))
     for path in sorted(p for p in run.glob("snn_T*_*.pt") if not p.name.endswith(".partial.pt")):
         a = load_artifact(path, "snn")
         if int(a["T"]) in ts:
