@@ -34,11 +34,26 @@ def collect(run: Path) -> dict:
         m, rec = a["metrics"], a.get("recipe") or {}
         col["cells"][f"{a['method']}|{a['T']}"] = {
             "val_top1": m["val_top1"], "val_images": m.get("val_images"),
-            "calib_seconds": m.get("calib_seconds"), "lwc_kept": m.get("lwc_kept"),
+            "calib_seconds": m.get("calib_seconds"),
+            "calib_cpu_seconds": m.get("calib_cpu_seconds"), "lwc_kept": m.get("lwc_kept"),
+            "val_top1_before_ft": m.get("val_top1_before_ft"),
             "recipe": {k: rec.get(k) for k in ("start", "formula", "granularity",
                                                "lmpc_iterations", "optimizer", "accept",
-                                               "iterations") if k in rec}}
+                                               "iterations", "target", "finetune") if k in rec}}
+        if rec.get("finetune"):
+            col["finetune"] = rec["finetune"]
     return col
+
+
+def _cell(x: dict) -> str:
+    out = f"{100 * x['val_top1']:.2f}"
+    if x.get("val_top1_before_ft") is not None:
+        out += f" (from {100 * x['val_top1_before_ft']:.2f})"
+    if x.get("calib_cpu_seconds") is not None:
+        out += f" ({x['calib_cpu_seconds']:.0f} CPU s)"
+    elif x.get("calib_seconds") is not None:
+        out += f" ({x['calib_seconds']:.0f} s)"
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -54,8 +69,10 @@ def main(argv: list[str] | None = None) -> Path:
         {"split": "validation", "columns": cols}, indent=1))
     keys = sorted({k for c in cols for k in c["cells"]},
                   key=lambda k: (k.split("|")[0], int(k.split("|")[1])))
-    head = [f"{Path(c['run']).name} (L={c['levels']}, s={c['shift']}, λ per {c['lambda']})"
-            for c in cols]
+    head = [f"{Path(c['run']).name} (L={c['levels']}, s={c['shift']}, λ per {c['lambda']}, "
+            f"{c['phase1_epochs']} epochs" + ("" if not c.get("finetune") else
+                                             ", fine-tune {iterations} it, lr {lr}, kd {kd}"
+                                             .format(**c["finetune"])) + ")" for c in cols]
     md = [f"# Runs side by side: {args.name} (validation top-1 %)", "",
           "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols),
           "| QC-ANN | " + " | ".join(f"{100 * c['qcann_val_top1']:.2f}" for c in cols) + " |"]
@@ -64,11 +81,11 @@ def main(argv: list[str] | None = None) -> Path:
         cells = []
         for c in cols:
             x = c["cells"].get(k)
-            cells.append("—" if x is None else f"{100 * x['val_top1']:.2f}" + (
-                "" if x.get("calib_seconds") is None else f" ({x['calib_seconds']:.0f} s)"))
+            cells.append("—" if x is None else _cell(x))
         md.append(f"| {m} T={T} | " + " | ".join(cells) + " |")
-    md += ["", "Calibrated cells give the calibration seconds (shared CPU); recipes are in the "
-           "JSON file and in each `snn_T*_*.pt`."]
+    md += ["", "Calibrated cells give the calibration CPU seconds (wall seconds where an "
+           "artifact predates CPU timing) and, for a fine-tuned row, its top-1 before the "
+           "fine-tune; recipes are in the JSON file and in each `snn_T*_*.pt`."]
     path = out / f"levers_{args.name}.md"
     path.write_text("\n".join(md) + "\n")
     print("\n".join(md))
