@@ -37,6 +37,7 @@ class FinetuneConfig:
     kd: float = 0.5              # weight of the KL term to the teacher (0: labels only)
     gamma: float = 1.0           # triangle surrogate height
     eval_every: int = 250        # validation checks (the best is kept)
+    neurons: bool = False        # also learn each IF layer's θ, spike amplitude and v(0)
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -48,7 +49,10 @@ class FinetuneConfig:
             raise ValueError(f"finetune.lr must be > 0, got {self.lr}")
 
     def fingerprint(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.neurons:  # artifacts fine-tuned before the option existed stay valid
+            d.pop("neurons")
+        return d
 
 
 def snn_logits(snn: nn.Module, x: Tensor, T: int) -> Tensor:
@@ -76,8 +80,10 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     """Fine-tune the weights and biases of ``snn`` in place; return a report.
 
     ``batches`` yields normalised (augmented) training batches; ``validate(snn)`` returns the
-    top-1 the best state is chosen by (the validation split). The thresholds, v(0) and shifts
-    from the conversion and LMPC stay as they are. ``snn`` ends in the best state seen.
+    top-1 the best state is chosen by (the validation split). The thresholds, amplitudes and
+    v(0) from the conversion and LMPC stay as they are unless ``cfg.neurons`` (then they learn
+    too, θ and the amplitude kept above 5 % of their start). ``snn`` ends in the best state
+    seen.
     ``start``: the top-1 ``snn`` already has on that split (saves one validation pass).
     """
     if cfg.kd > 0 and teacher is None:
@@ -86,6 +92,15 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     neurons = [m for _, m in spiking_layers(snn)]
     params = [p for p in snn.parameters()]
     req = [p.requires_grad for p in params]
+    floors: list[tuple[Tensor, Tensor]] = []
+    if cfg.neurons:
+        for m in neurons:
+            floors += [(m.theta, 0.05 * m.theta.detach().clone()),
+                       (m.amplitude, 0.05 * m.amplitude.detach().clone())]
+        seen = {id(p) for p in params}
+        extra = [t for m in neurons for t in (m.theta, m.amplitude, m.v0)
+                 if not (id(t) in seen or seen.add(id(t)))]  # each tensor once
+        params, req = params + extra, req + [False] * len(extra)
     start = validate(snn) if start is None else start
     best, best_state, curve = start, copy.deepcopy(snn.state_dict()), {0: start}
     losses: list[float] = []
@@ -114,6 +129,9 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             loss.backward()
             opt.step()
             sched.step()
+            with torch.no_grad():
+                for t, lo in floors:
+                    torch.maximum(t, lo, out=t)
             losses.append(val)
             if it % cfg.eval_every == 0 or it == cfg.iterations:
                 snn.eval()

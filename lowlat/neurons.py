@@ -38,7 +38,12 @@ class TriangleSpike(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         v, theta = ctx.saved_tensors
         sg = ctx.gamma * (1.0 - (v / theta - 1.0).abs()).clamp(min=0.0)
-        return grad * sg, None, None
+        g_v = grad * sg
+        g_theta = None
+        if ctx.needs_input_grad[1]:  # a trained threshold (finetune): s depends on v/θ, so
+            # ∂s/∂θ = ∂s/∂v · (−v/θ), summed over the dimensions θ was broadcast along
+            g_theta = (-g_v * v / theta).sum_to_size(theta.shape)
+        return g_v, g_theta, None
 
 
 class IFNeuron(nn.Module):

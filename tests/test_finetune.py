@@ -66,6 +66,26 @@ def test_finetune_learns_and_keeps_the_best_state():
     assert not snn.training
 
 
+def test_finetune_can_learn_the_neurons_too():
+    net, xt, yt, xv, yv = _task(3)
+    snn = to_snn(net)
+    for _, m in spiking_layers(snn):
+        m.v0 = torch.full((32,), 0.5)  # per neuron, as LMPC leaves it
+    before = {n: (m.theta.clone(), m.amplitude.clone(), m.v0.clone())
+              for n, m in spiking_layers(snn)}
+    cfg = FinetuneConfig(iterations=40, lr=5e-2, batch_size=64, kd=0.0, eval_every=40,
+                         neurons=True)
+    finetune(snn, _batches(xt, yt), T, cfg, lambda s: 1.0 + float(s.get_submodule("1").v0.std()),
+             progress=False)  # every check "better": the last state is kept
+    for n, m in spiking_layers(snn):
+        th, amp, v0 = before[n]
+        assert not torch.equal(m.v0, v0) and not torch.equal(m.theta, th), n
+        assert not m.theta.requires_grad and not m.v0.requires_grad
+        assert bool((m.theta >= 0.05 * th - 1e-7).all()) and bool((m.amplitude > 0).all())
+    assert "neurons" not in FinetuneConfig().fingerprint()  # older artifacts stay valid
+    assert FinetuneConfig(neurons=True).fingerprint()["neurons"] is True
+
+
 def test_finetune_never_ends_below_its_start():
     net, xt, yt, xv, yv = _task(1)
     snn = to_snn(net)
@@ -128,7 +148,8 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
-@pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1)])
+@pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1),
+                                     ("neurons", "'yes'")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])

@@ -131,6 +131,15 @@ def test_triangle_surrogate_gradient():
     expected = gamma * torch.clamp(1 - (v.detach() / theta - 1).abs(), min=0)
     assert torch.allclose(v.grad, expected)
     assert v.grad[3].item() == pytest.approx(gamma)  # the peak sits at v = θ
+    # a trainable threshold gets ∂s/∂v · (−v/θ), summed over its broadcast (per channel here)
+    th = torch.tensor([[1.0], [2.0]], requires_grad=True)
+    vv = torch.tensor([[0.5, 1.2, 3.0], [1.5, 2.0, 2.5]], requires_grad=True)
+    TriangleSpike.apply(vv, th, gamma).sum().backward()
+    sg = gamma * torch.clamp(1 - (vv.detach() / th.detach() - 1).abs(), min=0)
+    torch.testing.assert_close(th.grad, (-sg * vv.detach() / th.detach()).sum(1, keepdim=True))
+    u = torch.tensor(0.8, requires_grad=True)  # a 0-dim θ keeps its shape
+    TriangleSpike.apply(vv.detach(), u, gamma).sum().backward()
+    assert u.grad.shape == () and u.grad.item() < 0  # a higher threshold, fewer spikes
 
 
 def test_neuron_rejects_bad_threshold():

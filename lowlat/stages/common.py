@@ -128,6 +128,9 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
     _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
     _one_of("phase2.lowlat.target", lw.get("target", "L"), TARGETS)
+    ft_neurons = cfg.phase2.get("finetune", {}).get("neurons", False)
+    if not isinstance(ft_neurons, bool):
+        raise ConfigError(f"phase2.finetune.neurons must be true or false, got {ft_neurons!r}")
     if lw.get("target", "L") == "T" and lw.start == "channelnorm":
         # (finer is satisfied by the ReLU target, the limit of many levels: it keeps it)
         raise ConfigError("phase2.lowlat.target=T needs a QC-ANN start (the channelnorm start "

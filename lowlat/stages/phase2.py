@@ -61,7 +61,7 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
     f = ctx.cfg.phase2.finetune
     return FinetuneConfig(iterations=int(f.iterations), lr=float(f.lr),
                           batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
-                          eval_every=int(f.eval_every))
+                          eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)))
 
 
 def _finetunes(ctx: Context, method: str) -> bool:
