@@ -31,7 +31,7 @@ from lowlat.neurons import configure, reset_states, spiking_layers
 class FinetuneConfig:
     """The budget and loss of one fine-tune (``phase2.finetune``)."""
 
-    iterations: int = 1000
+    iterations: int = 500
     lr: float = 1.0e-3           # Adam, cosine to 0
     batch_size: int = 128
     kd: float = 0.5              # weight of the KL term to the teacher (0: labels only)
