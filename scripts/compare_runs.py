@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> Path:
     head = [f"{Path(c['run']).name} (L={c['levels']}, s={c['shift']}, λ per {c['lambda']}, "
             f"{c['phase1_epochs']} epochs" + ("" if not c.get("finetune") else
                                              ", fine-tune {iterations} it, lr {lr}, kd {kd}"
-                                             .format(**c["finetune"])) + ")" for c in cols]
+                                             .format(**c["finetune"]) + (
+                                                 ", neurons" if c["finetune"].get("neurons")
+                                                 else "")) + ")" for c in cols]
     md = [f"# Runs side by side: {args.name} (validation top-1 %)", "",
           "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols),
           "| QC-ANN | " + " | ".join(f"{100 * c['qcann_val_top1']:.2f}" for c in cols) + " |"]
