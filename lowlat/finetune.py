@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lowlat.head import distill_kl
 from lowlat.neurons import configure, reset_states, spiking_layers
 
 
@@ -68,9 +69,7 @@ def finetune_loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, kd: 
     ce = F.cross_entropy(logits, y)
     if kd == 0.0 or teacher_logits is None:
         return ce
-    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher_logits, -1),
-                  log_target=True, reduction="batchmean")
-    return (1.0 - kd) * ce + kd * kl
+    return (1.0 - kd) * ce + kd * distill_kl(logits, teacher_logits)
 
 
 def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,

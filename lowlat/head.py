@@ -72,11 +72,15 @@ def head_inputs(snn: nn.Module, head: nn.Module, x: Tensor, T: int,
     return total_in / T, total_out / T
 
 
+def distill_kl(logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """KL(softmax(teacher) ‖ softmax(logits)), batch mean: the distillation term of the head
+    fit and of ``lowlat-ft``."""
+    return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher_logits, -1),
+                    log_target=True, reduction="batchmean")
+
+
 def _loss(kind: str, out: Tensor, target: Tensor) -> Tensor:
-    if kind == "mse":
-        return F.mse_loss(out, target)
-    return F.kl_div(F.log_softmax(out, -1), F.log_softmax(target, -1), log_target=True,
-                    reduction="batchmean")
+    return F.mse_loss(out, target) if kind == "mse" else distill_kl(out, target)
 
 
 def calibrate_head(snn: nn.Module, teacher: nn.Module, xs: Tensor, T: int, loss: str = "kl",
