@@ -100,8 +100,9 @@ class IFNeuron(nn.Module):
             for t in (self.v, self.v0, self.theta, self.amplitude, self.shift)
         ):
             return self._forward_inference(xs, k, static)
-        if self.v is None:
-            self.v = (self.v0 + torch.zeros_like(xs[0])).to(x.dtype)
+        if self.v is None:  # float32 at least: a bf16 input (autocast) must not round v
+            self.v = (self.v0 + torch.zeros_like(xs[0])).to(
+                torch.promote_types(x.dtype, torch.float32))
         v = self.v
         x_shift = self.shift
         out = []

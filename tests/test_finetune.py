@@ -86,6 +86,25 @@ def test_finetune_can_learn_the_neurons_too():
     assert FinetuneConfig(neurons=True).fingerprint()["neurons"] is True
 
 
+def test_finetune_in_bf16_learns_and_keeps_float32_state():
+    net, xt, yt, xv, yv = _task()
+    snn = to_snn(net)
+    start = _acc(snn, xv, yv)
+    cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.5, eval_every=50,
+                         precision="bf16")
+    rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), teacher=net,
+                   progress=False)
+    assert rep["ft_val_best"] >= start + 0.3, rep  # learns through bf16 linear layers
+    assert all(v.dtype == torch.float32 for v in snn.state_dict().values())
+    neuron = next(m for _, m in spiking_layers(snn))
+    neuron.steps, neuron.batch = T, 4
+    with torch.autocast("cpu", torch.bfloat16):  # a bf16 input does not round the membrane
+        neuron(torch.rand(T * 4, 32, dtype=torch.bfloat16, requires_grad=True))
+    assert neuron.v.dtype == torch.float32
+    assert FinetuneConfig(precision="bf16").fingerprint()["precision"] == "bf16"
+    assert "precision" not in FinetuneConfig().fingerprint()  # older artifacts stay valid
+
+
 def test_finetune_never_ends_below_its_start():
     net, xt, yt, xv, yv = _task(1)
     snn = to_snn(net)
@@ -144,12 +163,16 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert phase2.run_phase2(ctx) == {}  # up to date: nothing redone
     ctx2 = _ctx(tmp_path / "run", *FT[:-1], "phase2.finetune.batch_size=16")
     assert set(phase2.run_phase2(ctx2)) == {"lowlat-ft/T2"}  # its budget is in its fingerprint
+    bf16 = _ctx(tmp_path / "run", *FT[:-1], "phase2.finetune.batch_size=16",
+                "phase2.finetune.precision=bf16")
+    assert phase2.artifact_fp(bf16, "lowlat-ft", 2, "s") != phase2.artifact_fp(ctx2, "lowlat-ft",
+                                                                             2, "s")
     res = evaluate.run_eval(ctx2)
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
 @pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1),
-                                     ("neurons", "'yes'")])
+                                     ("neurons", "'yes'"), ("precision", "fp16")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowlat.artifacts import fingerprint
 from lowlat.conversions import TARGETS
+from lowlat.finetune import PRECISIONS
 from lowlat.head import HEAD_LOSSES
 from lowlat.models import model_entrypoint
 
@@ -131,6 +132,8 @@ def validate(cfg: DictConfig) -> None:
     ft_neurons = cfg.phase2.get("finetune", {}).get("neurons", False)
     if not isinstance(ft_neurons, bool):
         raise ConfigError(f"phase2.finetune.neurons must be true or false, got {ft_neurons!r}")
+    _one_of("phase2.finetune.precision", cfg.phase2.get("finetune", {}).get("precision", "fp32"),
+            PRECISIONS)
     if lw.get("target", "L") == "T" and lw.start == "channelnorm":
         # (finer is satisfied by the ReLU target, the limit of many levels: it keeps it)
         raise ConfigError("phase2.lowlat.target=T needs a QC-ANN start (the channelnorm start "
@@ -167,12 +170,20 @@ class Context:
     def config_dict(self) -> dict[str, Any]:
         return OmegaConf.to_container(self.cfg, resolve=True)  # type: ignore[return-value]
 
-    def fp(self, *keys: str, upstream: str = "") -> str:
-        """Fingerprint of the config sections a stage depends on (and its input artifact)."""
+    def fp(self, *keys: str, upstream: str = "", omit: dict[str, dict] | None = None) -> str:
+        """Fingerprint of the config sections a stage depends on (and its input artifact).
+
+        ``omit``: per section, keys left out while they hold the given value (an option added
+        later, at its default, leaves the artifacts made before it valid).
+        """
         def plain(v):
             return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
 
         parts = {k: plain(OmegaConf.select(self.cfg, k)) for k in keys}
+        for k, defaults in (omit or {}).items():
+            if isinstance(parts.get(k), dict):
+                parts[k] = {n: v for n, v in parts[k].items()
+                            if n not in defaults or defaults[n] != v}
         return fingerprint({"sections": parts, "upstream": upstream})
 
     def loggers(self) -> list:

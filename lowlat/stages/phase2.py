@@ -61,7 +61,8 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
     f = ctx.cfg.phase2.finetune
     return FinetuneConfig(iterations=int(f.iterations), lr=float(f.lr),
                           batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
-                          eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)))
+                          eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
+                          precision=str(f.get("precision", "fp32")))
 
 
 def _finetunes(ctx: Context, method: str) -> bool:
@@ -100,7 +101,8 @@ def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str =
         keys += ["phase2.finetune", "data.crop_padding", "data.flip", "data.autoaugment",
                  "data.cutout"]
         extra += f":finetune:teacher={teacher_fp}"
-    return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}")
+    return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}",
+                  omit={"phase2.finetune": {"precision": "fp32"}})
 
 
 def run_phase2(ctx: Context) -> dict:
