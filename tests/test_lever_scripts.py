@@ -62,3 +62,14 @@ def test_compare_spikingjelly(tiny_run, tmp_path):
         own = [r for r in meta["rows"] if r["T"] == int(T) and r["method"] not in
                ("spikingjelly_channel", "channelnorm", "lmpc", "lwc", "lmpc+lwc")]
         assert best["val_top1"] == max(r["val_top1"] for r in own)
+
+
+def test_bench_finetune_times_both_precisions(tiny_run, tmp_path):
+    import bench_finetune
+
+    bench_finetune.main([str(tiny_run), "--method", "lowlat", "--timesteps", "2", "--steps", "2",
+                         "--repeats", "1", "--batch", "8", "--out", str(tmp_path / "b")])
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["T"] == 2 and row["fp32_wall_s"] > 0 and row["bf16_cpu_s"] > 0
+    assert row["speedup_wall"] == pytest.approx(row["fp32_wall_s"] / row["bf16_wall_s"])
+    assert "| 2 |" in (tmp_path / "b.md").read_text()
