@@ -56,6 +56,19 @@ def _cell(x: dict) -> str:
     return out
 
 
+def _label(c: dict) -> str:
+    """Column header: run folder, QC-ANN and (for a fine-tuned run) the fine-tune settings."""
+    parts = [f"L={c['levels']}", f"s={c['shift']}", f"λ per {c['lambda']}",
+             f"{c['phase1_epochs']} epochs"]
+    if ft := c.get("finetune"):
+        parts += [f"fine-tune {ft['iterations']} it", f"lr {ft['lr']}", f"kd {ft['kd']}"]
+        if ft.get("neurons"):
+            parts.append("neurons")
+        if "precision" in ft:  # recorded only when not fp32
+            parts.append(ft["precision"])
+    return f"{Path(c['run']).name} ({', '.join(parts)})"
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("runs", nargs="+")
@@ -69,12 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
         {"split": "validation", "columns": cols}, indent=1))
     keys = sorted({k for c in cols for k in c["cells"]},
                   key=lambda k: (k.split("|")[0], int(k.split("|")[1])))
-    head = [f"{Path(c['run']).name} (L={c['levels']}, s={c['shift']}, λ per {c['lambda']}, "
-            f"{c['phase1_epochs']} epochs" + ("" if not c.get("finetune") else
-                                             ", fine-tune {iterations} it, lr {lr}, kd {kd}"
-                                             .format(**c["finetune"]) + (
-                                                 ", neurons" if c["finetune"].get("neurons")
-                                                 else "")) + ")" for c in cols]
+    head = [_label(c) for c in cols]
     md = [f"# Runs side by side: {args.name} (validation top-1 %)", "",
           "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols),
           "| QC-ANN | " + " | ".join(f"{100 * c['qcann_val_top1']:.2f}" for c in cols) + " |"]
