@@ -68,9 +68,12 @@ def snn_logits(snn: nn.Module, x: Tensor, T: int) -> Tensor:
     b = x.shape[0]
     reset_states(snn)
     configure(snn, steps=T, batch=b)
-    out = snn(x)
-    out = out.to(torch.promote_types(out.dtype, torch.float32))  # autocast: average in fp32
+    out = _fp32_at_least(snn(x))  # under autocast: averaged in float32
     return out.view(T, b, -1).mean(0) if out.shape[0] == T * b else out  # [T·B, K] -> [B, K]
+
+
+def _fp32_at_least(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def finetune_loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, kd: float) -> Tensor:
@@ -129,8 +132,9 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             snn.train()
             with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
                 with torch.no_grad():
-                    z = teacher(x).float() if teacher is not None and cfg.kd > 0 else None
-                loss = finetune_loss(snn_logits(snn, x, T).float(), y, z, cfg.kd)
+                    z = teacher(x) if teacher is not None and cfg.kd > 0 else None
+                logits = snn_logits(snn, x, T)
+            loss = finetune_loss(logits, y, None if z is None else _fp32_at_least(z), cfg.kd)
             val = float(loss.detach())
             if not math.isfinite(val):
                 raise FloatingPointError(f"finetune: the loss became {val} at step {it} (T={T}); "
