@@ -171,6 +171,17 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
+def test_precision_at_its_default_leaves_older_fingerprints(tmp_path):
+    """Artifacts fine-tuned before ``phase2.finetune.precision`` existed stay up to date."""
+    from omegaconf import open_dict
+
+    ctx = _ctx(tmp_path, *FT)
+    now = phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t")
+    with open_dict(ctx.cfg):
+        del ctx.cfg.phase2.finetune["precision"]  # a config from before the option
+    assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now
+
+
 @pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1),
                                      ("neurons", "'yes'"), ("precision", "fp16")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
