@@ -61,7 +61,8 @@ def _label(c: dict) -> str:
     parts = [f"L={c['levels']}", f"s={c['shift']}", f"λ per {c['lambda']}",
              f"{c['phase1_epochs']} epochs"]
     if ft := c.get("finetune"):
-        parts += [f"fine-tune {ft['iterations']} it", f"lr {ft['lr']}", f"kd {ft['kd']}"]
+        parts += [f"fine-tune {ft['iterations']} it", f"batch {ft['batch_size']}", f"lr {ft['lr']}",
+                  f"kd {ft['kd']}"]
         if ft.get("neurons"):
             parts.append("neurons")
         if "precision" in ft:  # recorded only when not fp32
