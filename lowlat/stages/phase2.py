@@ -62,7 +62,7 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
     return FinetuneConfig(iterations=int(f.iterations), lr=float(f.lr),
                           batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
                           eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
-                          precision=str(f.get("precision", "fp32")))
+                          precision=str(f.get("precision", FinetuneConfig.precision)))
 
 
 def _finetunes(ctx: Context, method: str) -> bool:
@@ -102,7 +102,7 @@ def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str =
                  "data.cutout"]
         extra += f":finetune:teacher={teacher_fp}"
     return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}",
-                  omit={"phase2.finetune": {"precision": "fp32"}})
+                  omit={"phase2.finetune": {"precision": FinetuneConfig.precision}})
 
 
 def run_phase2(ctx: Context) -> dict:
