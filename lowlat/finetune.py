@@ -36,6 +36,7 @@ class FinetuneConfig:
 
     iterations: int = 500
     lr: float = 1.0e-3           # Adam, cosine to 0
+    warmup: int = 0              # steps of linear warm-up to lr before the cosine (0: none)
     batch_size: int = 128
     kd: float = 0.5              # weight of the KL term to the teacher (0: labels only)
     gamma: float = 1.0           # triangle surrogate height
@@ -47,6 +48,9 @@ class FinetuneConfig:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError(f"finetune: iterations, batch_size and eval_every must be >= 1, "
                              f"got {self.iterations}, {self.batch_size}, {self.eval_every}")
+        if not 0 <= self.warmup < self.iterations:
+            raise ValueError(f"finetune.warmup must be in [0, iterations={self.iterations}), "
+                             f"got {self.warmup}")
         if not 0.0 <= self.kd <= 1.0:
             raise ValueError(f"finetune.kd must be in [0, 1], got {self.kd}")
         if not self.lr > 0:
@@ -57,7 +61,7 @@ class FinetuneConfig:
 
     def fingerprint(self) -> dict:
         d = asdict(self)
-        for key, default in (("neurons", False), ("precision", "fp32")):
+        for key, default in (("neurons", False), ("precision", "fp32"), ("warmup", 0)):
             if d[key] == default:  # artifacts fine-tuned before the option existed stay valid
                 d.pop(key)
         return d
@@ -81,6 +85,18 @@ def finetune_loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, kd: 
     if kd == 0.0 or teacher_logits is None:
         return ce
     return (1.0 - kd) * ce + kd * distill_kl(logits, teacher_logits)
+
+
+def lr_factor(step: int, cfg: FinetuneConfig) -> float:
+    """Multiplier of ``cfg.lr`` after ``step`` optimizer steps: linear warm-up, then cosine to 0.
+
+    Why a warm-up: Adam's first updates have size ~lr in every parameter whatever its gradient,
+    and they knock a calibrated SNN off its start (validation falls during the first few hundred
+    steps at lr 1e-3, README "Lever 8").
+    """
+    if step < cfg.warmup:
+        return (step + 1) / (cfg.warmup + 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup) / (cfg.iterations - cfg.warmup)))
 
 
 def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
@@ -117,7 +133,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     best, best_state, curve = start, copy.deepcopy(snn.state_dict()), {0: start}
     losses: list[float] = []
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, cfg))
     if teacher is not None:
         teacher = teacher.eval()
     bar = tqdm(range(1, cfg.iterations + 1), desc=f"finetune T={T}", disable=not progress,

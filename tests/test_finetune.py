@@ -16,7 +16,7 @@ from torch import nn
 from lowlat.activations import QCActivation
 from lowlat.artifacts import load_artifact, snn_name
 from lowlat.convert import to_snn
-from lowlat.finetune import FinetuneConfig, finetune
+from lowlat.finetune import FinetuneConfig, finetune, lr_factor
 from lowlat.methods import load_snn, recipe
 from lowlat.neurons import spiking_layers
 from lowlat.simulate import run_snn
@@ -171,19 +171,38 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
-def test_precision_at_its_default_leaves_older_fingerprints(tmp_path):
-    """Artifacts fine-tuned before ``phase2.finetune.precision`` existed stay up to date."""
+@pytest.mark.parametrize("key", ["precision", "warmup"])
+def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
+    """Artifacts fine-tuned before an option existed stay up to date; a change is seen."""
     from omegaconf import open_dict
 
     ctx = _ctx(tmp_path, *FT)
     now = phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t")
     with open_dict(ctx.cfg):
-        del ctx.cfg.phase2.finetune["precision"]  # a config from before the option
+        del ctx.cfg.phase2.finetune[key]  # a config from before the option
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now
+    with open_dict(ctx.cfg):
+        ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2}[key]
+    assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") != now
+
+
+def test_warmup_rises_linearly_then_follows_the_cosine():
+    cfg = FinetuneConfig(iterations=10, warmup=4)
+    f = [lr_factor(i, cfg) for i in range(10)]
+    assert f[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8]) and f[4] == 1.0
+    assert all(a > b for a, b in zip(f[4:], f[5:], strict=False)) and f[-1] > 0
+    plain = FinetuneConfig(iterations=10)  # no warm-up: torch's cosine schedule, step for step
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for i in range(10):
+        assert lr_factor(i, plain) == pytest.approx(cos.get_last_lr()[0])
+        opt.step()
+        cos.step()
 
 
 @pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1),
-                                     ("neurons", "'yes'"), ("precision", "fp16")])
+                                     ("neurons", "'yes'"), ("precision", "fp16"),
+                                     ("warmup", -1), ("warmup", 10**6)])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])

@@ -48,6 +48,7 @@ NUMBERS = [
     ("phase2.finetune.iterations", 1, None, int), ("phase2.finetune.lr", 0, None, float),
     ("phase2.finetune.batch_size", 1, None, int), ("phase2.finetune.kd", 0, 1, float),
     ("phase2.finetune.gamma", 0, None, float), ("phase2.finetune.eval_every", 1, None, int),
+    ("phase2.finetune.warmup", 0, None, int),
 ]
 
 
@@ -134,6 +135,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"phase2.finetune.neurons must be true or false, got {ft_neurons!r}")
     _one_of("phase2.finetune.precision", cfg.phase2.get("finetune", {}).get("precision", "fp32"),
             PRECISIONS)
+    ft = cfg.phase2.get("finetune", {})
+    if ft.get("warmup", 0) >= ft.get("iterations", 1):
+        raise ConfigError(f"phase2.finetune.warmup ({ft.get('warmup')}) must be below "
+                          f"phase2.finetune.iterations ({ft.get('iterations')})")
     if lw.get("target", "L") == "T" and lw.start == "channelnorm":
         # (finer is satisfied by the ReLU target, the limit of many levels: it keeps it)
         raise ConfigError("phase2.lowlat.target=T needs a QC-ANN start (the channelnorm start "

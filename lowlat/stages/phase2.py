@@ -60,6 +60,7 @@ def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
 def finetune_config(ctx: Context) -> FinetuneConfig:
     f = ctx.cfg.phase2.finetune
     return FinetuneConfig(iterations=int(f.iterations), lr=float(f.lr),
+                          warmup=int(f.get("warmup", FinetuneConfig.warmup)),
                           batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
                           eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
                           precision=str(f.get("precision", FinetuneConfig.precision)))
@@ -102,7 +103,8 @@ def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str =
                  "data.cutout"]
         extra += f":finetune:teacher={teacher_fp}"
     return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}",
-                  omit={"phase2.finetune": {"precision": FinetuneConfig.precision}})
+                  omit={"phase2.finetune": {"precision": FinetuneConfig.precision,
+                                             "warmup": FinetuneConfig.warmup}})
 
 
 def run_phase2(ctx: Context) -> dict:
