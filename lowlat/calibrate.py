@@ -90,40 +90,39 @@ def _batches(xs: Tensor, size: int) -> list[Tensor]:
 
 
 @torch.no_grad()
-def layer_mse(snn, ann, name: str, xs: Tensor, T: int, batch: int, max_chunk: int = 16) -> float:
-    tot, n = 0.0, 0
-    for x in _batches(xs, batch):
-        d = snn_rate(snn, name, x, T, max_chunk) - ann_activation(ann, name, x)
-        tot += float((d * d).sum())
-        n += d.numel()
-    return tot / max(1, n)
-
-
-@torch.no_grad()
-def _rate_error(snn, ann, name: str, xs: Tensor, T: int, batch: int, formula: str,
-                max_chunk: int) -> Tensor:
-    """Mean over the images of ``h − φ`` (or ``|h − φ|``) per neuron: ``[C, H, W]`` or ``[F]``."""
-    err_sum, n = None, 0
+def _measure(snn, ann, name: str, xs: Tensor, T: int, batch: int, formula: str = "signed",
+             max_chunk: int = 16) -> tuple[Tensor, float]:
+    """One pass over ``xs``: the mean over the images of ``h − φ`` (or ``|h − φ|``) per neuron
+    (``[C, H, W]`` or ``[F]``) and the layer's rate MSE, so LMPC's error and the report's MSE
+    cost one simulation, not two."""
+    err_sum, sq, n, numel = None, 0.0, 0, 0
     for x in _batches(xs, batch):
         e = ann_activation(ann, name, x) - snn_rate(snn, name, x, T, max_chunk)  # [B, ...]
-        if formula == "abs":
-            e = e.abs()
-        s = e.sum(0)
+        sq += float((e * e).sum())
+        numel += e.numel()
+        s = (e.abs() if formula == "abs" else e).sum(0)
         err_sum = s if err_sum is None else err_sum + s
         n += x.shape[0]
-    return err_sum / n
+    return err_sum / n, sq / max(1, numel)
+
+
+def layer_mse(snn, ann, name: str, xs: Tensor, T: int, batch: int, max_chunk: int = 16) -> float:
+    return _measure(snn, ann, name, xs, T, batch, max_chunk=max_chunk)[1]
 
 
 @torch.no_grad()
 def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, batch: int,
                formula: str = "signed", granularity: str = "neuron",
-               max_chunk: int = 16, iterations: int = 1) -> Tensor:
+               max_chunk: int = 16, iterations: int = 1,
+               report: dict | None = None) -> Tensor:
     """Correct ``v^l(0)`` of layer ``name`` by the rate error on the calibration images ``xs``.
 
     φ is measured with the v(0) the layer has now (its start); the correction is added to it.
     ``iterations > 1`` repeats measurement and correction (signed only), because the rate
     responds to v(0) in steps of θ/T, so one correction leaves part of the bias; it stops, and
     keeps the best v(0), when the summed absolute bias no longer shrinks (cf. Hao et al. 2023).
+    ``report``: gets ``mse_start``, the layer's rate MSE before the correction (measured in
+    the same pass as the first error).
     """
     if formula not in ("abs", "signed"):
         raise ValueError(f"LMPC formula must be abs or signed, got {formula!r}")
@@ -133,8 +132,10 @@ def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ba
         raise ValueError(f"LMPC iterations must be >= 1 (1 for formula 'abs'), got {iterations}")
     neuron: IFNeuron = snn.get_submodule(name)
     best_v0, best_bias = neuron.v0, float("inf")
-    for _ in range(iterations):
-        err = _rate_error(snn, ann, name, xs, T, batch, formula, max_chunk)
+    for i in range(iterations):
+        err, mse = _measure(snn, ann, name, xs, T, batch, formula, max_chunk)
+        if i == 0 and report is not None:
+            report["mse_start"] = mse
         if granularity == "channel" and err.dim() == 3:
             err = err.mean(dim=(1, 2), keepdim=True)  # [C, H, W] -> [C, 1, 1]
         bias = float(err.abs().sum())
@@ -143,8 +144,8 @@ def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ba
         best_v0, best_bias = neuron.v0, bias
         neuron.v0 = (neuron.v0 + T * err).detach()  # per neuron [C, H, W] / [F] or [C, 1, 1]
     else:
-        if iterations > 1 and float(_rate_error(snn, ann, name, xs, T, batch, formula,
-                                                max_chunk).abs().sum()) < best_bias:
+        if iterations > 1 and float(_measure(snn, ann, name, xs, T, batch, formula,
+                                             max_chunk)[0].abs().sum()) < best_bias:
             best_v0 = neuron.v0
     neuron.v0 = best_v0 if iterations > 1 else neuron.v0
     return neuron.v0
@@ -155,10 +156,11 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
               weight_decay: float = 0.0, gamma: float = 1.0, eval_batch: int = 256,
               max_chunk: int = 16, seed: int = 0,
               on_step: Callable[[int, float], None] | None = None,
-              accept: str = "always") -> LayerReport:
+              accept: str = "always", mse_before: float | None = None) -> LayerReport:
     """Calibrate the weights feeding layer ``name`` by BPTT (eqs. 14-17).
 
     ``accept='mse'`` restores the weights if the layer's MSE rose; ``'always'`` keeps them.
+    ``mse_before``: the layer's rate MSE in its current state, where the caller measured it.
     """
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"LWC optimizer must be sgd or adam, got {optimizer!r}")
@@ -167,7 +169,8 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
     neurons = dict(spiking_layers(snn))
     order = list(neurons)
     idx = order.index(name)
-    before = layer_mse(snn, ann, name, xs, T, eval_batch, max_chunk)
+    before = (layer_mse(snn, ann, name, xs, T, eval_batch, max_chunk) if mse_before is None
+              else mse_before)
     saved = copy.deepcopy(snn.state_dict())
     req = {p: p.requires_grad for p in snn.parameters()}
     # Probe which parameters feed this layer: earlier neurons cut the graph, so only the
@@ -284,22 +287,28 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
     for name in bar:
         if name in done:
             continue
-        rep = {"layer": name, "mse_start": layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
-                                                       cfg.max_chunk)}
+        # Each state of the layer is simulated once: the start in LMPC's first pass, the end
+        # by LMPC's check or LWC's (a state's MSE is read again, not re-measured).
+        rep: dict = {"layer": name}
         if cfg.lmpc:
             lmpc_layer(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.formula, cfg.granularity,
-                       cfg.max_chunk, cfg.lmpc_iterations)
+                       cfg.max_chunk, cfg.lmpc_iterations, report=rep)
             rep["mse_after_lmpc"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
                                               cfg.max_chunk)
+        else:
+            rep["mse_start"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch,
+                                         cfg.max_chunk)
+        rep["mse_end"] = rep.get("mse_after_lmpc", rep["mse_start"])
         if cfg.lwc:
             def on_step(it: int, loss: float, name=name) -> None:
                 bar.set_postfix(layer=name, it=it, loss=f"{loss:.4g}",
                                 refresh=it % 20 == 0)
             r = lwc_layer(snn, ann, name, xs, cfg.T, cfg.iterations, cfg.batch_size, cfg.lr,
                           cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.gamma,
-                          cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step, cfg.accept)
+                          cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step, cfg.accept,
+                          mse_before=rep["mse_end"])
             rep.update(mse_before_lwc=r.mse_before, mse_after_lwc=r.mse_after, lwc_kept=r.kept)
-        rep["mse_end"] = layer_mse(snn, ann, name, xs, cfg.T, cfg.eval_batch, cfg.max_chunk)
+            rep["mse_end"] = r.mse_before if not r.kept else r.mse_after
         reports.append(rep)
         if log is not None:
             log(rep)

@@ -131,3 +131,36 @@ def test_iterated_lmpc_shrinks_the_bias_further_and_never_worsens_it():
     assert bias(iterated) < 0.9 * bias(once)  # T = 2: one step leaves part of the bias
     with pytest.raises(ValueError, match="iterations"):
         lmpc_layer(to_snn(ann), ann, "3", xs, T, 64, formula="abs", iterations=2)
+
+
+@pytest.mark.parametrize("lmpc,lwc,accept", [(True, False, "always"), (True, True, "always"),
+                                             (False, True, "mse"), (True, True, "mse")])
+def test_calibrate_reports_true_mses_and_simulates_each_state_once(monkeypatch, lmpc, lwc,
+                                                                   accept):
+    """The report's MSEs are those of the layer's states, and no state is simulated twice
+    (LMPC's first pass gives the start's MSE; the end is read from the last measurement)."""
+    import lowlat.calibrate as cal
+
+    ann, xs, T = _net(2), torch.rand(96, 6) * 2, 4
+    snn, ref = to_snn(ann), to_snn(ann)
+    calls = []
+    real = cal.snn_rate
+    monkeypatch.setattr(cal, "snn_rate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = CalibConfig(T=T, lmpc=lmpc, lwc=lwc, iterations=3, batch_size=32, lr=3e-3,
+                      accept=accept, eval_batch=96)
+    reports = calibrate(snn, ann, xs, cfg, progress=False)
+    passes = len(calls)
+    # the same steps by hand, every state measured on its own
+    for rep in reports:
+        name = rep["layer"]
+        assert rep["mse_start"] == pytest.approx(layer_mse(ref, ann, name, xs, T, 96), rel=1e-6)
+        if lmpc:
+            lmpc_layer(ref, ann, name, xs, T, 96)
+            assert rep["mse_after_lmpc"] == pytest.approx(layer_mse(ref, ann, name, xs, T, 96))
+        if lwc:
+            lwc_layer(ref, ann, name, xs, T, 3, 32, 3e-3, accept=accept, eval_batch=96)
+        assert rep["mse_end"] == pytest.approx(layer_mse(ref, ann, name, xs, T, 96), rel=1e-6)
+        assert rep["mse_end"] == pytest.approx(layer_mse(snn, ann, name, xs, T, 96), rel=1e-6)
+    # per layer: LMPC's pass + its check; LWC: a probe, its iterations and its end
+    per_layer = (2 if lmpc else 1) + ((1 + 3 + 1) if lwc else 0)
+    assert passes == per_layer * len(reports)
