@@ -41,7 +41,7 @@ def collect(run: Path) -> dict:
                                                "lmpc_iterations", "optimizer", "accept",
                                                "iterations", "target", "finetune") if k in rec}}
         if rec.get("finetune"):
-            col["finetune"] = rec["finetune"]
+            col["finetune"] = {**rec["finetune"], "lmpc_iterations": rec.get("lmpc_iterations")}
     return col
 
 
@@ -61,8 +61,10 @@ def _label(c: dict) -> str:
     parts = [f"L={c['levels']}", f"s={c['shift']}", f"λ per {c['lambda']}",
              f"{c['phase1_epochs']} epochs"]
     if ft := c.get("finetune"):
-        parts += [f"fine-tune {ft['iterations']} it", f"batch {ft['batch_size']}", f"lr {ft['lr']}",
-                  f"kd {ft['kd']}"]
+        parts += [f"LMPC ×{ft['lmpc_iterations']}", f"fine-tune {ft['iterations']} it",
+                  f"batch {ft['batch_size']}", f"lr {ft['lr']}", f"kd {ft['kd']}"]
+        if ft.get("warmup"):  # recorded only when set
+            parts.append(f"warm-up {ft['warmup']}")
         if ft.get("neurons"):
             parts.append("neurons")
         if "precision" in ft:  # recorded only when not fp32

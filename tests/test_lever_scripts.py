@@ -73,3 +73,17 @@ def test_bench_finetune_times_both_precisions(tiny_run, tmp_path):
     assert row["T"] == 2 and row["fp32_wall_s"] > 0 and row["bf16_cpu_s"] > 0
     assert row["speedup_wall"] == pytest.approx(row["fp32_wall_s"] / row["bf16_wall_s"])
     assert "| 2 |" in (tmp_path / "b.md").read_text()
+
+
+def test_compare_runs_heads_a_column_with_its_fine_tune_settings():
+    import compare_runs
+
+    col = {"run": "runs/x", "levels": 2, "shift": 0.5, "lambda": "layer", "phase1_epochs": 10,
+           "finetune": {"iterations": 600, "batch_size": 128, "lr": 0.001, "kd": 0.5,
+                        "neurons": True, "warmup": 100, "lmpc_iterations": 1}}
+    label = compare_runs._label(col)
+    assert label.startswith("x (L=2, s=0.5")
+    for part in ("LMPC ×1", "fine-tune 600 it", "lr 0.001", "neurons", "warm-up 100"):
+        assert part in label
+    del col["finetune"]["warmup"]
+    assert "warm-up" not in compare_runs._label(col)
