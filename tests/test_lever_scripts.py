@@ -62,6 +62,10 @@ def test_compare_spikingjelly(tiny_run, tmp_path):
         own = [r for r in meta["rows"] if r["T"] == int(T) and r["method"] not in
                ("spikingjelly_channel", "channelnorm", "lmpc", "lwc", "lmpc+lwc")]
         assert best["val_top1"] == max(r["val_top1"] for r in own)
+    for r in meta["rows"]:  # each calibrated row: its wall and its process-CPU seconds
+        if r["method"] in ("lowlat-cn", "lowlat"):
+            assert r["calib_cpu_seconds"] >= 0 and r["calib_seconds"] >= 0
+    assert "process CPU (wall)" in (tmp_path / "compare_spikingjelly.md").read_text()
 
 
 def test_bench_finetune_times_both_precisions(tiny_run, tmp_path):
