@@ -43,6 +43,8 @@ class FinetuneConfig:
     eval_every: int = 250        # validation checks (the best is kept)
     neurons: bool = False        # also learn each IF layer's θ, spike amplitude and v(0)
     precision: str = "fp32"      # "bf16": autocast the convolutions in the training steps
+    seed: int | None = None      # batch order and augmentation (None: the run's seed); a repeat
+    #                              of the fine-tune alone, on the same split and calibration
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -61,7 +63,8 @@ class FinetuneConfig:
 
     def fingerprint(self) -> dict:
         d = asdict(self)
-        for key, default in (("neurons", False), ("precision", "fp32"), ("warmup", 0)):
+        for key, default in (("neurons", False), ("precision", "fp32"), ("warmup", 0),
+                             ("seed", None)):
             if d[key] == default:  # artifacts fine-tuned before the option existed stay valid
                 d.pop(key)
         return d

@@ -171,7 +171,7 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
-@pytest.mark.parametrize("key", ["precision", "warmup"])
+@pytest.mark.parametrize("key", ["precision", "warmup", "seed"])
 def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     """Artifacts fine-tuned before an option existed stay up to date; a change is seen."""
     from omegaconf import open_dict
@@ -182,8 +182,13 @@ def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
         del ctx.cfg.phase2.finetune[key]  # a config from before the option
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now
     with open_dict(ctx.cfg):
-        ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2}[key]
+        ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2, "seed": 1}[key]
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") != now
+
+
+def test_the_fine_tune_seed_is_read_and_defaults_to_the_runs(tmp_path):
+    assert phase2.finetune_config(_ctx(tmp_path, *FT)).seed is None  # the run's seed
+    assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.seed=3")).seed == 3
 
 
 def test_warmup_rises_linearly_then_follows_the_cosine():
@@ -202,7 +207,8 @@ def test_warmup_rises_linearly_then_follows_the_cosine():
 
 @pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1),
                                      ("neurons", "'yes'"), ("precision", "fp16"),
-                                     ("warmup", -1), ("warmup", 10**6)])
+                                     ("warmup", -1), ("warmup", 10**6), ("seed", -1),
+                                     ("seed", "'a'")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])

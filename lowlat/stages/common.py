@@ -48,7 +48,7 @@ NUMBERS = [
     ("phase2.finetune.iterations", 1, None, int), ("phase2.finetune.lr", 0, None, float),
     ("phase2.finetune.batch_size", 1, None, int), ("phase2.finetune.kd", 0, 1, float),
     ("phase2.finetune.gamma", 0, None, float), ("phase2.finetune.eval_every", 1, None, int),
-    ("phase2.finetune.warmup", 0, None, int),
+    ("phase2.finetune.warmup", 0, None, int), ("phase2.finetune.seed", 0, None, int),
 ]
 
 

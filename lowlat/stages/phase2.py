@@ -61,6 +61,7 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
     f = ctx.cfg.phase2.finetune
     return FinetuneConfig(iterations=int(f.iterations), lr=float(f.lr),
                           warmup=int(f.get("warmup", FinetuneConfig.warmup)),
+                          seed=None if f.get("seed") is None else int(f.seed),
                           batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
                           eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
                           precision=str(f.get("precision", FinetuneConfig.precision)))
@@ -104,7 +105,8 @@ def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str =
         extra += f":finetune:teacher={teacher_fp}"
     return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}",
                   omit={"phase2.finetune": {"precision": FinetuneConfig.precision,
-                                             "warmup": FinetuneConfig.warmup}})
+                                             "warmup": FinetuneConfig.warmup,
+                                             "seed": FinetuneConfig.seed}})
 
 
 def run_phase2(ctx: Context) -> dict:
@@ -214,7 +216,8 @@ def run_phase2(ctx: Context) -> dict:
             rep = finetune(snn, train_batches(dm, fc.batch_size, ctx.device), T, fc,
                            lambda net, m=method: val_acc(net, f"{m} fine-tune")[0],
                            teacher=nets.get("ann") if fc.kd > 0 else None,
-                           seed=int(cfg.seed), start=val_top1)
+                           seed=int(cfg.seed) if fc.seed is None else fc.seed,
+                           start=val_top1)
             log.info("phase2 %s T=%d: fine-tune validation top-1 %.4f -> %.4f (best at step "
                      "%d)", method, T, val_top1, rep["ft_val_best"], rep["ft_best_iteration"])
             reports = [*reports, rep]
