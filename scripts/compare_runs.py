@@ -65,6 +65,8 @@ def _label(c: dict) -> str:
                   f"batch {ft['batch_size']}", f"lr {ft['lr']}", f"kd {ft['kd']}"]
         if ft.get("warmup"):  # recorded only when set
             parts.append(f"warm-up {ft['warmup']}")
+        if ft.get("seed") is not None:  # recorded only when set
+            parts.append(f"fine-tune seed {ft['seed']}")
         if ft.get("neurons"):
             parts.append("neurons")
         if "precision" in ft:  # recorded only when not fp32
