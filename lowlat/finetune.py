@@ -28,6 +28,9 @@ from lowlat.head import distill_kl
 from lowlat.neurons import configure, reset_states, spiking_layers
 
 PRECISIONS = ("fp32", "bf16")
+# Options added after fine-tuned artifacts existed, each with the value those artifacts were made
+# with: at that value an option stays out of fingerprints, so the older artifacts stay valid.
+ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None}
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,7 @@ class FinetuneConfig:
 
     def fingerprint(self) -> dict:
         d = asdict(self)
-        for key, default in (("neurons", False), ("precision", "fp32"), ("warmup", 0),
-                             ("seed", None)):
+        for key, default in {"neurons": False, **ADDED_LATER}.items():
             if d[key] == default:  # artifacts fine-tuned before the option existed stay valid
                 d.pop(key)
         return d

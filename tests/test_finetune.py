@@ -214,3 +214,10 @@ def test_bad_finetune_settings_are_refused_by_name(key, val):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])
     with pytest.raises(ConfigError, match=f"phase2.finetune.{key}"):
         validate(cfg)
+
+
+def test_options_added_later_are_recorded_with_their_defaults():
+    from lowlat.finetune import ADDED_LATER
+
+    for key, default in ADDED_LATER.items():
+        assert getattr(FinetuneConfig(), key) == default, key

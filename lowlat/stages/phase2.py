@@ -25,7 +25,7 @@ from lowlat.artifacts import (
 )
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.conversions import effective_target, target_at_levels
-from lowlat.finetune import FinetuneConfig, finetune
+from lowlat.finetune import ADDED_LATER, FinetuneConfig, finetune
 from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
@@ -104,9 +104,7 @@ def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str =
                  "data.cutout"]
         extra += f":finetune:teacher={teacher_fp}"
     return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}",
-                  omit={"phase2.finetune": {"precision": FinetuneConfig.precision,
-                                             "warmup": FinetuneConfig.warmup,
-                                             "seed": FinetuneConfig.seed}})
+                  omit={"phase2.finetune": ADDED_LATER})
 
 
 def run_phase2(ctx: Context) -> dict:
