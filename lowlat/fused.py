@@ -1,5 +1,9 @@
 """Fused IF scan: the k time steps of one chunk as one compiled kernel (``torch.compile``).
 
+Two uses: inference (:func:`fused_forward`, below) and training by BPTT
+(:func:`fused_train_forward`, at the end: one forward and one backward kernel with the triangle
+surrogate, the same gradients as the autograd graph of ``IFNeuron`` up to float rounding).
+
 Why: the plain inference scan makes several elementwise passes over ``[B, ...]`` per time step
 (add, compare, reset, and the amplitude once a chunk); simulation is bound by that memory traffic,
 not by the convolutions. Inductor fuses the unrolled loop so that each input element is read once,
@@ -127,3 +131,126 @@ def set_fused(model: nn.Module, fused: bool | None) -> None:
     for _, m in spiking_layers(model):
         m.fused = fused
 
+
+
+# ---- training: the IF scan with the triangle surrogate as one forward and one backward kernel ----
+
+def _train_fwd(xs: Tensor, v: Tensor, theta: Tensor, shift: Tensor, amp: Tensor,
+               add_shift: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``xs [k, B, N]``; returns ``(amplitude·spikes [k, B, N], u [k, B, N], v)``, u the membrane
+    potential before each step's spike test (all the backward pass needs)."""
+    ys, us = [], []
+    for t in range(xs.shape[0]):
+        v = v + xs[t]
+        if add_shift:
+            v = v + shift
+        us.append(v)
+        s = (v >= theta).to(v.dtype)
+        v = v - s * theta
+        ys.append(s * amp)
+    return torch.stack(ys), torch.stack(us), v
+
+
+def _train_bwd(gy: Tensor, gv: Tensor, u: Tensor, theta: Tensor, amp: Tensor, gamma: float,
+               need_theta: bool, need_amp: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """BPTT through the k steps of :func:`_train_fwd`, newest first.
+
+    The gradients of ``IFNeuron``'s autograd graph (``TriangleSpike``, reset by subtraction
+    through the spike, amplitude): per step ``g_s = g_y·a − g_v·θ``, ``g_u = g_v + g_s·sg(u)``,
+    ``g_θ += −g_s·sg(u)·u/θ − s·g_v``, ``g_a += g_y·s``. Returns ``(g_x [k, B, N], g_v(0),
+    g_θ, g_a)`` with ``g_θ``, ``g_a`` per element ``[B, N]`` (zeros when not needed).
+    """
+    gxs = []
+    gth = torch.zeros_like(gv)
+    gam = torch.zeros_like(gv)
+    for t in range(u.shape[0] - 1, -1, -1):
+        ut = u[t]
+        s = (ut >= theta).to(ut.dtype)
+        sg = gamma * (1.0 - (ut / theta - 1.0).abs()).clamp(min=0.0)
+        gsv = (gy[t] * amp - gv * theta) * sg
+        if need_theta:
+            gth = gth - gsv * ut / theta - s * gv
+        if need_amp:
+            gam = gam + gy[t] * s
+        gv = gv + gsv
+        gxs.append(gv)
+    gxs.reverse()
+    return torch.stack(gxs), gv, gth, gam
+
+
+_train_state: dict = {"fwd": None, "bwd": None}
+
+
+def _train_kernels():
+    if _train_state["fwd"] is None:
+        import torch._dynamo.config as dcfg
+
+        dcfg.recompile_limit = max(int(dcfg.recompile_limit), 64)
+        _train_state["fwd"] = torch.compile(_train_fwd, dynamic=None)
+        _train_state["bwd"] = torch.compile(_train_bwd, dynamic=None)
+    return _train_state["fwd"], _train_state["bwd"]
+
+
+class _FusedIFTrain(torch.autograd.Function):
+    """One chunk of an IF neuron with the triangle surrogate; flat ``[k, B, N]`` layout."""
+
+    @staticmethod
+    def forward(ctx, x3, v, theta, amp, shift, gamma, add_shift):  # type: ignore[override]
+        fwd, _ = _train_kernels()
+        ys, us, vk = [], [], v
+        for t0 in range(0, x3.shape[0], BLOCK):
+            y, u, vk = fwd(x3[t0:t0 + BLOCK], vk, theta, shift, amp, add_shift)
+            ys.append(y)
+            us.append(u)
+        u = us[0] if len(us) == 1 else torch.cat(us)
+        ctx.save_for_backward(u, theta, amp)
+        ctx.gamma, ctx.v_shape = gamma, v.shape
+        return (ys[0] if len(ys) == 1 else torch.cat(ys)), vk
+
+    @staticmethod
+    def backward(ctx, gy, gv):  # type: ignore[override]
+        _, bwd = _train_kernels()
+        u, theta, amp = ctx.saved_tensors
+        need_theta, need_amp = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        gv = gv.expand(u.shape[1:]).contiguous()
+        gxs, gth, gam = [], None, None
+        k = u.shape[0]
+        for t0 in reversed(range(0, k, BLOCK)):
+            gx, gv, th, am = bwd(gy[t0:t0 + BLOCK], gv, u[t0:t0 + BLOCK], theta, amp, ctx.gamma,
+                                 need_theta, need_amp)
+            gxs.append(gx)
+            gth = th if gth is None else gth + th
+            gam = am if gam is None else gam + am
+        gxs.reverse()
+        gx = gxs[0] if len(gxs) == 1 else torch.cat(gxs)
+        g_v0 = gv.sum_to_size(ctx.v_shape)
+        return (gx, g_v0, gth.sum(0) if need_theta else None,
+                gam.sum(0) if need_amp else None, None, None, None)
+
+
+def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor | None:
+    """Run one chunk of ``neuron`` (an ``IFNeuron`` with ``surrogate`` on) fused, with the graph
+    for BPTT; None: use the plain path. Same gradients as the plain graph up to float rounding
+    (``tests/test_fused.py``)."""
+    if not available() or neuron.shift.requires_grad:
+        return None
+    b, sample = xs.shape[1], xs.shape[2:]
+    x3 = xs.reshape(xs.shape[0], b, -1)
+    if static:
+        x3 = x3.expand(k, -1, -1)
+    theta, shift, amp = (_flat(p, sample) for p in (neuron.theta, neuron.shift, neuron.amplitude))
+    v = neuron.v.reshape(b, -1) if neuron.v is not None else _flat(neuron.v0, sample)
+    try:
+        y, v = _FusedIFTrain.apply(x3, v, theta, amp, shift, float(neuron.gamma),
+                                   bool(neuron.shift.any()))
+    except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
+        _state["failed"] = True
+        warnings.warn(f"lowlat.fused: torch.compile failed ({type(e).__name__}: {e}); "
+                      "using the plain IF scan", RuntimeWarning, stacklevel=2)
+        return None
+    neuron.v = v.view(b, *sample)
+    if neuron.record:
+        c = (y.detach() != 0).sum(0).to(y.dtype).view(b, *sample)
+        neuron.spike_count = c if neuron.spike_count is None else neuron.spike_count + c
+    y = y.reshape(k * b, *sample)
+    return y.detach() if neuron.detach_output else y

@@ -74,6 +74,7 @@ class IFNeuron(nn.Module):
         self.batch: int | None = None  # samples per time step; None: infer from the first input
         self.record = False  # accumulate spike counts for statistics
         self.fused = fused  # compiled scan at inference (lowlat.fused); None: LOWLAT_FUSED
+        self.fused_train = False  # compiled forward/backward kernels for BPTT (lowlat.fused)
         self.v: Tensor | None = None
         self.spike_count: Tensor | None = None  # [B, ...] spikes so far (when record)
 
@@ -100,6 +101,10 @@ class IFNeuron(nn.Module):
             for t in (self.v, self.v0, self.theta, self.amplitude, self.shift)
         ):
             return self._forward_inference(xs, k, static)
+        if self.surrogate and getattr(self, "fused_train", False) and torch.is_grad_enabled():
+            y = fused.fused_train_forward(self, xs, k, static)
+            if y is not None:
+                return y
         if self.v is None:  # float32 at least: a bf16 input (autocast) must not round v
             self.v = (self.v0 + torch.zeros_like(xs[0])).to(
                 torch.promote_types(x.dtype, torch.float32))

@@ -186,6 +186,24 @@ def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") != now
 
 
+def test_fused_kernels_never_enter_a_fingerprint(tmp_path):
+    """How the steps run (compiled kernels or the plain graph) is not what they compute."""
+    from omegaconf import open_dict
+
+    ctx = _ctx(tmp_path, *FT)
+    now = phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t")
+    for val in (False, True, None):
+        with open_dict(ctx.cfg):
+            if val is None:
+                del ctx.cfg.phase2.finetune["fused"]  # a config from before the option
+            else:
+                ctx.cfg.phase2.finetune["fused"] = val
+        assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now, val
+    assert "fused" not in FinetuneConfig(fused=False).fingerprint()
+    assert FinetuneConfig().fused and phase2.finetune_config(_ctx(tmp_path, *FT)).fused
+    assert not phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.fused=false")).fused
+
+
 def test_the_fine_tune_seed_is_read_and_defaults_to_the_runs(tmp_path):
     assert phase2.finetune_config(_ctx(tmp_path, *FT)).seed is None  # the run's seed
     assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.seed=3")).seed == 3
@@ -206,7 +224,8 @@ def test_warmup_rises_linearly_then_follows_the_cosine():
 
 
 @pytest.mark.parametrize("key,val", [("iterations", 0), ("kd", 2), ("lr", 0), ("batch_size", -1),
-                                     ("neurons", "'yes'"), ("precision", "fp16"),
+                                     ("neurons", "'yes'"), ("fused", "'yes'"),
+                                     ("precision", "fp16"),
                                      ("warmup", -1), ("warmup", 10**6), ("seed", -1),
                                      ("seed", "'a'")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):

@@ -83,6 +83,86 @@ def test_fused_network_bit_identical():
     assert acc[0].spikes == acc[1].spikes and acc[0].rmpe == acc[1].rmpe
 
 
+def _train_case(fused_flag: bool, static: bool, plan: list[int], neurons: bool):
+    """One IF layer under BPTT (surrogate on), fed chunk by chunk; its outputs and gradients."""
+    g = torch.Generator().manual_seed(1)
+    T, b, c = sum(plan), 4, 3
+    n = IFNeuron(theta=torch.tensor([1.0, 0.5, 2.0]).view(c, 1, 1))
+    n.v0, n.shift = torch.rand(c, 4, 4, generator=g) * 0.5, torch.full((c, 1, 1), 0.0625)
+    n.surrogate, n.fused_train, n.gamma = True, fused_flag, 0.8
+    if neurons:  # finetune(neurons=True): θ, amplitude and v(0) learn
+        for p in (n.theta, n.amplitude, n.v0):
+            p.requires_grad_(True)
+    x = torch.randn((b, c, 4, 4) if static else (T, b, c, 4, 4), generator=g).requires_grad_()
+    w = torch.randn(T, b, c, 4, 4, generator=g)
+    reset_states(n)
+    outs, t = [], 0
+    for k in plan:  # the membrane state carries the graph from one chunk to the next
+        configure(n, steps=k, batch=b)
+        outs.append(n(x if static else x[t:t + k].flatten(0, 1)).view(k, b, c, 4, 4))
+        t += k
+    y = torch.cat(outs)
+    ((y * w).sum() + n.v.square().sum()).backward()  # a gradient into v(T) as well
+    grads = [x.grad] + ([n.theta.grad, n.amplitude.grad, n.v0.grad] if neurons else [])
+    return y.detach(), grads
+
+
+@pytest.mark.parametrize("static,plan,neurons", [
+    (False, [2, 3], True),
+    (True, [3], False),  # constant input: its gradient sums the steps
+    pytest.param(False, [20], True, marks=SLOW),  # longer than fused.BLOCK
+])
+def test_fused_training_kernels_give_the_plain_graphs_gradients(static, plan, neurons):
+    y0, g0 = _train_case(False, static, plan, neurons)
+    y1, g1 = _train_case(True, static, plan, neurons)
+    assert fused._train_state["bwd"] is not None and not fused._state["failed"]
+    assert torch.equal(y0, y1) and y0.sum() > 0  # the same spikes
+    for a, f in zip(g0, g1, strict=True):  # the same gradients up to float rounding
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5)
+
+
+def test_finetune_with_fused_kernels_learns_and_says_so():
+    from itertools import cycle
+
+    from torch import nn
+
+    from lowlat.activations import QCActivation
+    from lowlat.finetune import FinetuneConfig, finetune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), QCActivation(levels=4, shift=0.5, init_lambda=1.0),
+                        nn.Linear(32, 3)).eval()
+    x = torch.rand(512, 8) * 2
+    y = (x @ torch.randn(8, 3)).argmax(1)
+    snn = to_snn(net)
+
+    def acc(s):
+        return float((run_snn(s, x[384:], 2).mean(0).argmax(1) == y[384:]).float().mean())
+
+    start = acc(snn)
+    cfg = FinetuneConfig(iterations=100, lr=5e-3, batch_size=64, kd=0.0, eval_every=50,
+                         neurons=True, fused=True)
+    rep = finetune(snn, cycle([(x[i:i + 64], y[i:i + 64]) for i in range(0, 384, 64)]), 2, cfg,
+                   acc, progress=False)
+    assert rep["ft_fused"] and rep["ft_val_best"] >= start + 0.2, rep
+    assert not any(m.fused_train or m.surrogate for _, m in spiking_layers(snn))
+
+
+def test_training_compile_failure_falls_back(monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setitem(fused._train_state, "fwd", broken)
+    monkeypatch.setitem(fused._train_state, "bwd", broken)
+    monkeypatch.setitem(fused._state, "failed", False)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        y1, g1 = _train_case(True, False, [2], True)
+    y0, g0 = _train_case(False, False, [2], True)
+    assert torch.equal(y0, y1) and all(torch.equal(a, b) for a, b in zip(g0, g1, strict=True))
+    assert not fused.available()
+
+
 def test_compile_failure_falls_back(monkeypatch):
     def broken(*_a, **_k):
         raise RuntimeError("no compiler")

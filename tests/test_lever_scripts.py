@@ -68,15 +68,24 @@ def test_compare_spikingjelly(tiny_run, tmp_path):
     assert "process CPU (wall)" in (tmp_path / "compare_spikingjelly.md").read_text()
 
 
-def test_bench_finetune_times_both_precisions(tiny_run, tmp_path):
+def test_bench_finetune_times_each_variant_against_the_first(tiny_run, tmp_path):
     import bench_finetune
 
+    from lowlat import fused
+
     bench_finetune.main([str(tiny_run), "--method", "lowlat", "--timesteps", "2", "--steps", "2",
-                         "--repeats", "1", "--batch", "8", "--out", str(tmp_path / "b")])
-    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
-    assert row["T"] == 2 and row["fp32_wall_s"] > 0 and row["bf16_cpu_s"] > 0
-    assert row["speedup_wall"] == pytest.approx(row["fp32_wall_s"] / row["bf16_wall_s"])
-    assert "| 2 |" in (tmp_path / "b.md").read_text()
+                         "--repeats", "1", "--batch", "8", "--variants", "plain", "bf16", "fused",
+                         "--out", str(tmp_path / "b")])
+    meta = json.loads((tmp_path / "b.json").read_text())
+    rows = {r["variant"]: r for r in meta["rows"]}
+    assert meta["baseline"] == "plain" and set(rows) == {"plain", "bf16", "fused"}
+    assert rows["plain"]["speedup_wall"] == 1.0
+    for r in rows.values():
+        assert r["T"] == 2 and r["wall_s"] > 0 and r["cpu_s"] > 0
+        assert r["speedup_cpu"] == pytest.approx(rows["plain"]["cpu_s"] / r["cpu_s"])
+    assert not rows["plain"]["fused_ran"] and not rows["bf16"]["fused_ran"]
+    assert rows["fused"]["fused_ran"] == fused.available()  # what ran, from the fine-tune
+    assert "| 2 | fused |" in (tmp_path / "b.md").read_text()
 
 
 def test_compare_runs_heads_a_column_with_its_fine_tune_settings():

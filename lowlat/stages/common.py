@@ -22,6 +22,7 @@ from lowlat.head import HEAD_LOSSES
 from lowlat.models import model_entrypoint
 
 log = logging.getLogger("lowlat")
+ANY = object()  # in ``Context.fp``'s ``omit``: the key is left out whatever its value
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what is valid."""
@@ -130,9 +131,10 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
     _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
     _one_of("phase2.lowlat.target", lw.get("target", "L"), TARGETS)
-    ft_neurons = cfg.phase2.get("finetune", {}).get("neurons", False)
-    if not isinstance(ft_neurons, bool):
-        raise ConfigError(f"phase2.finetune.neurons must be true or false, got {ft_neurons!r}")
+    for key in ("neurons", "fused"):
+        flag = cfg.phase2.get("finetune", {}).get(key, False)
+        if not isinstance(flag, bool):
+            raise ConfigError(f"phase2.finetune.{key} must be true or false, got {flag!r}")
     _one_of("phase2.finetune.precision", cfg.phase2.get("finetune", {}).get("precision", "fp32"),
             PRECISIONS)
     ft = cfg.phase2.get("finetune", {})
@@ -179,7 +181,8 @@ class Context:
         """Fingerprint of the config sections a stage depends on (and its input artifact).
 
         ``omit``: per section, keys left out while they hold the given value (an option added
-        later, at its default, leaves the artifacts made before it valid).
+        later, at its default, leaves the artifacts made before it valid), or whatever they hold
+        when that value is :data:`ANY` (an execution detail such as a compiled kernel).
         """
         def plain(v):
             return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
@@ -188,7 +191,7 @@ class Context:
         for k, defaults in (omit or {}).items():
             if isinstance(parts.get(k), dict):
                 parts[k] = {n: v for n, v in parts[k].items()
-                            if n not in defaults or defaults[n] != v}
+                            if n not in defaults or (defaults[n] is not ANY and defaults[n] != v)}
         return fingerprint({"sections": parts, "upstream": upstream})
 
     def loggers(self) -> list:

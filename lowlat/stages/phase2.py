@@ -25,11 +25,12 @@ from lowlat.artifacts import (
 )
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.conversions import effective_target, target_at_levels
-from lowlat.finetune import ADDED_LATER, FinetuneConfig, finetune
+from lowlat.finetune import ADDED_LATER, EXECUTION, FinetuneConfig, finetune
 from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
+    ANY,
     Context,
     calibration_images,
     check_arch,
@@ -64,7 +65,8 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
                           seed=None if f.get("seed") is None else int(f.seed),
                           batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
                           eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
-                          precision=str(f.get("precision", FinetuneConfig.precision)))
+                          precision=str(f.get("precision", FinetuneConfig.precision)),
+                          fused=bool(f.get("fused", FinetuneConfig.fused)))
 
 
 def _finetunes(ctx: Context, method: str) -> bool:
@@ -104,7 +106,7 @@ def artifact_fp(ctx: Context, method: str, T: int, source_fp: str, target: str =
                  "data.cutout"]
         extra += f":finetune:teacher={teacher_fp}"
     return ctx.fp(*keys, upstream=f"{source_fp}:{method}:{cc}{extra}",
-                  omit={"phase2.finetune": ADDED_LATER})
+                  omit={"phase2.finetune": {**ADDED_LATER, **dict.fromkeys(EXECUTION, ANY)}})
 
 
 def run_phase2(ctx: Context) -> dict:
