@@ -41,7 +41,9 @@ def collect(run: Path) -> dict:
                                                "lmpc_iterations", "optimizer", "accept",
                                                "iterations", "target", "finetune") if k in rec}}
         if rec.get("finetune"):
-            col["finetune"] = {**rec["finetune"], "lmpc_iterations": rec.get("lmpc_iterations")}
+            ft = next((r for r in m.get("layers", []) if r.get("layer") == "finetune"), {})
+            col["finetune"] = {**rec["finetune"], "lmpc_iterations": rec.get("lmpc_iterations"),
+                               "fused": bool(ft.get("ft_fused"))}  # what ran (not fingerprinted)
     return col
 
 
@@ -71,6 +73,8 @@ def _label(c: dict) -> str:
             parts.append("neurons")
         if "precision" in ft:  # recorded only when not fp32
             parts.append(ft["precision"])
+        if ft.get("fused"):
+            parts.append("compiled neurons")
     return f"{Path(c['run']).name} ({', '.join(parts)})"
 
 

@@ -93,11 +93,14 @@ def test_compare_runs_heads_a_column_with_its_fine_tune_settings():
 
     col = {"run": "runs/x", "levels": 2, "shift": 0.5, "lambda": "layer", "phase1_epochs": 10,
            "finetune": {"iterations": 600, "batch_size": 128, "lr": 0.001, "kd": 0.5,
-                        "neurons": True, "warmup": 100, "lmpc_iterations": 1, "seed": 1}}
+                        "neurons": True, "warmup": 100, "lmpc_iterations": 1, "seed": 1,
+                        "fused": True}}
     label = compare_runs._label(col)
     assert label.startswith("x (L=2, s=0.5")
     for part in ("LMPC ×1", "fine-tune 600 it", "lr 0.001", "neurons", "warm-up 100",
-                 "fine-tune seed 1"):
+                 "fine-tune seed 1", "compiled neurons"):
         assert part in label
     del col["finetune"]["warmup"]
+    col["finetune"]["fused"] = False
     assert "warm-up" not in compare_runs._label(col)
+    assert "compiled" not in compare_runs._label(col)
