@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
 from lowlat.activations import QCActivation
@@ -25,6 +26,10 @@ from lowlat.stages.common import ConfigError, Context, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 T = 2
+# The logic tests run the neurons' autograd graph: compiling the kernels (lowlat.fused, the
+# default) costs more than these few steps; tests/test_fused.py checks the kernels and a fine-tune
+# that uses them.
+PLAIN = {"fused": False}
 
 
 def _task(seed: int = 0):
@@ -52,7 +57,8 @@ def test_finetune_learns_and_keeps_the_best_state():
     theta = {n: m.theta.clone() for n, m in spiking_layers(snn)}
     req = [p.requires_grad for p in snn.parameters()]
     start = _acc(snn, xv, yv)
-    cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.0, eval_every=50)
+    cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.0, eval_every=50,
+                         **PLAIN)
     rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), progress=False)
     assert rep["ft_val_start"] == pytest.approx(start)
     assert rep["ft_val_best"] >= start + 0.3, rep  # a new rule is learnt through the spikes
@@ -74,7 +80,7 @@ def test_finetune_can_learn_the_neurons_too():
     before = {n: (m.theta.clone(), m.amplitude.clone(), m.v0.clone())
               for n, m in spiking_layers(snn)}
     cfg = FinetuneConfig(iterations=40, lr=5e-2, batch_size=64, kd=0.0, eval_every=40,
-                         neurons=True)
+                         neurons=True, **PLAIN)
     finetune(snn, _batches(xt, yt), T, cfg, lambda s: 1.0 + float(s.get_submodule("1").v0.std()),
              progress=False)  # every check "better": the last state is kept
     for n, m in spiking_layers(snn):
@@ -91,7 +97,7 @@ def test_finetune_in_bf16_learns_and_keeps_float32_state():
     snn = to_snn(net)
     start = _acc(snn, xv, yv)
     cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.5, eval_every=50,
-                         precision="bf16")
+                         precision="bf16", **PLAIN)
     rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), teacher=net,
                    progress=False)
     assert rep["ft_val_best"] >= start + 0.3, rep  # learns through bf16 linear layers
@@ -110,7 +116,8 @@ def test_finetune_never_ends_below_its_start():
     snn = to_snn(net)
     before = {k: v.clone() for k, v in snn.state_dict().items()}
     scores = iter([0.9, 0.5, 0.4, 0.3])  # every check is worse than the start
-    cfg = FinetuneConfig(iterations=30, lr=1e-2, batch_size=64, kd=0.0, eval_every=10)
+    cfg = FinetuneConfig(iterations=30, lr=1e-2, batch_size=64, kd=0.0, eval_every=10,
+                         **PLAIN)
     rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: next(scores), progress=False)
     assert rep["ft_val_best"] == 0.9 and rep["ft_best_iteration"] == 0
     for k, v in snn.state_dict().items():
@@ -120,7 +127,8 @@ def test_finetune_never_ends_below_its_start():
 def test_finetune_with_a_teacher_and_its_refusals():
     net, xt, yt, xv, yv = _task(2)
     snn = to_snn(net)
-    cfg = FinetuneConfig(iterations=20, lr=1e-3, batch_size=64, kd=1.0, eval_every=10)
+    cfg = FinetuneConfig(iterations=20, lr=1e-3, batch_size=64, kd=1.0, eval_every=10,
+                         **PLAIN)
     with pytest.raises(ValueError, match="needs a teacher"):
         finetune(snn, _batches(xt, yt), T, cfg, lambda s: 0.0, progress=False)
     rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), teacher=net,
@@ -200,7 +208,9 @@ def test_fused_kernels_never_enter_a_fingerprint(tmp_path):
                 ctx.cfg.phase2.finetune["fused"] = val
         assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now, val
     assert "fused" not in FinetuneConfig(fused=False).fingerprint()
-    assert FinetuneConfig().fused and phase2.finetune_config(_ctx(tmp_path, *FT)).fused
+    assert FinetuneConfig().fused and OmegaConf.load(CONF / "config.yaml").phase2.finetune.fused
+    assert not phase2.finetune_config(_ctx(tmp_path, *FT)).fused  # experiment=tiny: too short
+    assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.fused=true")).fused
     assert not phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.fused=false")).fused
 
 
