@@ -63,14 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the fused kernels: Triton)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_finetune"))
     args = ap.parse_args(argv)
     ann = load_artifact(args.run / "ann.pt", "ann")
-    teacher = load_network(ann).eval()
-    batches = train_batches(datamodule_of(ann), args.batch, torch.device("cpu"))
+    dev = torch.device(args.device)
+    teacher = load_network(ann).eval().to(dev)
+    batches = train_batches(datamodule_of(ann), args.batch, dev)
     base, rows = args.variants[0], []
     for T in args.timesteps:
-        snn = load_snn(load_artifact(args.run / snn_name(T, args.method), "snn"))
+        snn = load_snn(load_artifact(args.run / snn_name(T, args.method), "snn")).to(dev)
         for v in args.variants:  # compile the fused kernels before any timing
             time_steps(snn, teacher, T, v, 1, batches, args.batch)
         times: dict[str, list[tuple[float, float, bool]]] = {v: [] for v in args.variants}
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"run": str(args.run), "method": args.method, "steps": args.steps,
+            "device": str(dev), "device_name": (torch.cuda.get_device_name(dev)
+                                                if dev.type == "cuda" else "cpu"),
             "repeats": args.repeats, "baseline": base, "torch": torch.__version__, "rows": rows}
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     md = [f"# lowlat-ft step cost against {base} ({args.run}, batch {args.batch}, "

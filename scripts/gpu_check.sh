@@ -7,7 +7,9 @@
 #   b      one training epoch of full-width vgg16 on CIFAR-10 through trainer=gpu (bf16-mixed,
 #          channels-last): seconds/epoch, achieved TFLOP/s and its share of the bf16 dense peak;
 #   c      a shortened cifar10_vgg16 paper run: ann + phase1 with as many epochs as the remaining
-#          time allows (stated in c_plan.json), phase2 at T = 2, 4, eval (results.csv/json).
+#          time allows (stated in c_plan.json), phase2 at T = 2, 4, eval (results.csv/json);
+#   d      scripts/bench_finetune.py on c's lowlat SNN, T = 2 4: seconds a lowlat-ft step, plain
+#          against the compiled neuron kernels (Triton) and those with bf16.
 # Every step runs under `timeout`; <step>.status.json records its exit code and seconds.
 #
 #   scripts/gpu_check.sh [OUT_DIR]          # default: $OUT, else ./gpu_check_out
@@ -57,6 +59,7 @@ if [ "$DRY" = 1 ]; then
   EPOCH_ARGS=(--limit-batches 2 data=digits model=small_cnn trainer.accelerator=cpu)
   PAPER=(experiment=tiny ann.epochs=1 phase1.epochs=1 'eval.methods=[opti,lmpc]'
          'eval.timesteps=[2]' phase2.calib_samples=32 phase2.lwc.iterations=1)
+  FT_ARGS=(--timesteps 2 --batch 8 --steps 2 --repeats 1 --variants plain fused)
 else
   DEV=cuda SNN_T=(1 2 4 8 32) FUSED_T=(4 8 32) P2_T='[2,4]' SNN_ARGS=(--batch 128 --repeats 3 --chunk 8 --sj-timesteps 4 8)
   EPOCH_ARGS=(data=cifar10_folder "data.root=$DATA")
@@ -64,6 +67,7 @@ else
          'eval.methods=[phase1,opti,opt,unbiased,maxnorm,robustnorm,lmpc,lwc,lmpc+lwc,lowlat]'
          'eval.timesteps=[2,4,8,16,32]' eval.limit_batches=20 eval.fused=true
          phase2.calib_samples=512 phase2.lwc.iterations=20)
+  FT_ARGS=(--timesteps 2 4 --variants plain fused fused+bf16 bf16)
 fi
 "$PY" - <<EOF >"$OUT_DIR/env.json" 2>&1
 import json, torch, platform
@@ -86,7 +90,7 @@ step b_epoch 150 "$PY" scripts/bench_epoch.py --out "$OUT_DIR/b_epoch.json" "${E
 
 # (c) shortened paper run: epochs from b's seconds/epoch and the time left, 70 % ann, 30 % QC
 # fine-tuning (about 1.3x slower per epoch), after reserving time for phase2 and eval
-RESERVE=$([ "$DRY" = 1 ] && echo 30 || echo 150)
+RESERVE=$([ "$DRY" = 1 ] && echo 30 || echo 240)  # phase2, eval and step d
 read -r E_ANN E_QC < <("$PY" - "$OUT_DIR/b_epoch.json" "$(left)" "$RESERVE" "$DRY" <<'EOF'
 import json, sys
 try:
@@ -119,4 +123,10 @@ for p in sorted(Path(sys.argv[1]).glob("runs/*/*.pt")):
     out[p.name] = {k: v for k, v in m.items() if isinstance(v, int | float | str | None)}
 Path(sys.argv[2]).write_text(json.dumps(out, indent=1))
 EOF
+
+# (d) lowlat-ft step: plain autograd graph against the compiled neuron kernels, on c's run
+C_RUN=$(ls -d "$RUN_DIR"/runs/*/ 2>/dev/null | head -n 1)
+step d_bench_finetune 90 "$PY" scripts/bench_finetune.py "${C_RUN:-$RUN_DIR/missing}" \
+  --method lowlat --device "$DEV" "${FT_ARGS[@]}" --out "$OUT_DIR/d_bench_finetune"
+
 echo "gpu_check: $((SECONDS - START)) s of $BUDGET; results in $OUT_DIR"

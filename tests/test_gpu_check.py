@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["a1_bench_snn_vgg16", "a2_bench_snn_resnet20", "a3_bench_snn_fused", "b_epoch",
-         "c_paper_run"]
+         "c_paper_run", "d_bench_finetune"]
 
 
 def _run(out: Path, budget: int, tmp: Path) -> subprocess.CompletedProcess:
@@ -52,3 +52,6 @@ def test_gpu_check_dry_run(tmp_path):
     metrics = json.loads((out / "c_paper_run/artifact_metrics.json").read_text())
     assert {"ann.pt", "qcann.pt"} <= set(metrics)
     assert any(k.startswith("snn_T2_") for k in metrics), sorted(metrics)
+    ft = json.loads((out / "d_bench_finetune.json").read_text())
+    assert ft["device"] == "cpu" and {r["variant"] for r in ft["rows"]} == {"plain", "fused"}
+    assert all(r["wall_s"] > 0 for r in ft["rows"])
