@@ -88,6 +88,24 @@ def _flat(p: Tensor, sample: torch.Size) -> Tensor:
     return p.expand(sample).reshape(-1)
 
 
+def _flat_inputs(neuron: nn.Module, xs: Tensor, k: int, static: bool):
+    """``(B, sample shape, x [k, B, N], θ, shift, amplitude [N], v [B, N] or v(0) [N])``."""
+    b, sample = xs.shape[1], xs.shape[2:]
+    x3 = xs.reshape(xs.shape[0], b, -1)  # a view where xs is contiguous
+    if static:
+        x3 = x3.expand(k, -1, -1)
+    theta, shift, amp = (_flat(p, sample) for p in (neuron.theta, neuron.shift, neuron.amplitude))
+    v = neuron.v.reshape(b, -1) if neuron.v is not None else _flat(neuron.v0, sample)
+    return b, sample, x3, theta, shift, amp, v
+
+
+def _give_up(e: Exception) -> None:
+    """After any compiler failure: warn once, and the plain path from then on (None)."""
+    _state["failed"] = True
+    warnings.warn(f"lowlat.fused: torch.compile failed ({type(e).__name__}: {e}); "
+                  "using the plain IF scan", RuntimeWarning, stacklevel=3)
+
+
 def fused_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor | None:
     """Run one chunk of ``neuron`` (an ``IFNeuron``, inference) fused; None: use the plain path.
 
@@ -96,13 +114,8 @@ def fused_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor
     """
     if not available() or not xs.is_contiguous():
         return None
-    b, sample = xs.shape[1], xs.shape[2:]
-    x3 = xs.view(xs.shape[0], b, -1)
-    if static:
-        x3 = x3.expand(k, -1, -1)
-    theta, shift, amp = (_flat(p, sample) for p in (neuron.theta, neuron.shift, neuron.amplitude))
+    b, sample, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
     add_shift = bool(neuron.shift.any())
-    v = neuron.v.reshape(b, -1) if neuron.v is not None else _flat(neuron.v0, sample)
     outs, count = [], None
     try:
         fn = _compiled()
@@ -112,10 +125,7 @@ def fused_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor
             if c is not None:
                 count = c if count is None else count + c
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
-        _state["failed"] = True
-        warnings.warn(f"lowlat.fused: torch.compile failed ({type(e).__name__}: {e}); "
-                      "using the plain IF scan", RuntimeWarning, stacklevel=2)
-        return None
+        return _give_up(e)
     neuron.v = v.view(b, *sample)
     if neuron.record:
         c = count.view(b, *sample)
@@ -234,20 +244,12 @@ def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> 
     (``tests/test_fused.py``)."""
     if not available() or neuron.shift.requires_grad:
         return None
-    b, sample = xs.shape[1], xs.shape[2:]
-    x3 = xs.reshape(xs.shape[0], b, -1)
-    if static:
-        x3 = x3.expand(k, -1, -1)
-    theta, shift, amp = (_flat(p, sample) for p in (neuron.theta, neuron.shift, neuron.amplitude))
-    v = neuron.v.reshape(b, -1) if neuron.v is not None else _flat(neuron.v0, sample)
+    b, sample, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
     try:
         y, v = _FusedIFTrain.apply(x3, v, theta, amp, shift, float(neuron.gamma),
                                    bool(neuron.shift.any()))
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
-        _state["failed"] = True
-        warnings.warn(f"lowlat.fused: torch.compile failed ({type(e).__name__}: {e}); "
-                      "using the plain IF scan", RuntimeWarning, stacklevel=2)
-        return None
+        return _give_up(e)
     neuron.v = v.view(b, *sample)
     if neuron.record:
         c = (y.detach() != 0).sum(0).to(y.dtype).view(b, *sample)
