@@ -208,7 +208,7 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
             opt.step()
             sched.step()
             if on_step is not None:
-                on_step(it, float(loss))
+                on_step(it, float(loss.detach()))
     finally:
         for n in order:
             neurons[n].detach_output = False

@@ -29,6 +29,8 @@ import argparse
 import copy
 import itertools
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     meta: dict = {"split": "validation", "chosen_on": "validation", "runs": {}, "rows": rows,
-                  "command": "python scripts/levers.py " + " ".join(argv or [])}
+                  "command": shlex.join(["python", "scripts/levers.py",
+                                         *(sys.argv[1:] if argv is None else argv)])}
     for run in map(Path, args.run):
         qc_art = load_artifact(run / QCANN, "qcann")
         nets = {"qcann": load_network(qc_art), "ann": load_network(load_artifact(run / ANN))}
