@@ -31,7 +31,7 @@ from lowlat.neurons import configure, reset_states, spiking_layers
 PRECISIONS = ("fp32", "bf16")
 # Options added after fine-tuned artifacts existed, each with the value those artifacts were made
 # with: at that value an option stays out of fingerprints, so the older artifacts stay valid.
-ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None}
+ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0}
 # How the steps are computed, not what they compute (the same gradients up to float rounding, as
 # with another thread count): never in a fingerprint, recorded in the fine-tune's report.
 EXECUTION = ("fused",)
@@ -54,6 +54,8 @@ class FinetuneConfig:
     #                              of the fine-tune alone, on the same split and calibration
     fused: bool = True           # each IF layer's T steps as one compiled forward and one
     #                              backward kernel (lowlat.fused): a step 1.6-2x faster on a CPU
+    frozen: int = 0              # leading conv/linear layers (with the neurons before the next
+    #                              one) kept as calibrated: no backward through them at all
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -66,6 +68,8 @@ class FinetuneConfig:
             raise ValueError(f"finetune.kd must be in [0, 1], got {self.kd}")
         if not self.lr > 0:
             raise ValueError(f"finetune.lr must be > 0, got {self.lr}")
+        if self.frozen < 0:
+            raise ValueError(f"finetune.frozen must be >= 0, got {self.frozen}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"finetune.precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -78,6 +82,33 @@ class FinetuneConfig:
         for key in EXECUTION:
             d.pop(key)
         return d
+
+
+def frozen_prefix(net: nn.Module, k: int) -> list[str]:
+    """Names of the leaf modules defined before ``net``'s (k+1)-th conv/linear layer (definition
+    = forward order, as :func:`lowlat.neurons.spiking_layers` assumes): what ``frozen=k`` keeps.
+
+    Why: the first layers run at full resolution, where most of a step's neuron, pooling and
+    convolution-backward work lies; a fine-tune that leaves them as calibrated never computes
+    their backward. Raises if ``k`` would leave no conv/linear layer to train.
+    """
+    names, seen = [], 0
+    weighted = [n for n, m in net.named_modules() if isinstance(m, WEIGHTED)]
+    if not 0 <= k < len(weighted):
+        raise ValueError(f"phase2.finetune.frozen={k}: the network has {len(weighted)} "
+                         f"conv/linear layers; valid: 0 to {len(weighted) - 1} (at least one "
+                         "must train)")
+    for n, m in net.named_modules():
+        if isinstance(m, WEIGHTED):
+            seen += 1
+            if seen > k:
+                break
+        if not any(True for _ in m.children()):
+            names.append(n)
+    return names
+
+
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def snn_logits(snn: nn.Module, x: Tensor, T: int) -> Tensor:
@@ -132,9 +163,13 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     if cfg.kd > 0 and teacher is None:
         raise ValueError("finetune: kd > 0 needs a teacher network (the ReLU ANN)")
     torch.manual_seed(seed)
-    neurons = [m for _, m in spiking_layers(snn)]
-    params = [p for p in snn.parameters()]
+    keep = set(frozen_prefix(snn, cfg.frozen)) if cfg.frozen else set()
+    neurons = [m for n, m in spiking_layers(snn) if n not in keep]
+    all_params = [(n, p) for n, p in snn.named_parameters()]
+    params = [p for n, p in all_params if n.rpartition(".")[0] not in keep]
+    fixed = [p for n, p in all_params if n.rpartition(".")[0] in keep]
     req = [p.requires_grad for p in params]
+    req_fixed = [p.requires_grad for p in fixed]
     floors: list[tuple[Tensor, Tensor]] = []
     if cfg.neurons:
         for m in neurons:
@@ -156,6 +191,8 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     try:
         for p in params:
             p.requires_grad_(True)
+        for p in fixed:  # no graph through the frozen prefix: its backward is never computed
+            p.requires_grad_(False)
         for m in neurons:
             m.surrogate, m.gamma, m.fused_train = True, cfg.gamma, cfg.fused
         for it in bar:
@@ -190,7 +227,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     finally:
         for m in neurons:
             m.surrogate, m.fused_train = False, False
-        for p, r in zip(params, req, strict=True):
+        for p, r in zip(params + fixed, req + req_fixed, strict=True):
             p.requires_grad_(r)
             p.grad = None
         snn.eval()

@@ -1,4 +1,4 @@
-"""Seconds per ``lowlat-ft`` training step: the plain float32 step against ``fused``, ``bf16``.
+"""Seconds per ``lowlat-ft`` training step, side by side: plain, fused, bf16, frozen prefixes.
 
 Runs the real fine-tune loop (``lowlat.finetune.finetune``, validation stubbed out) on a copy of
 a calibrated SNN artifact, with its run's ReLU ANN as the teacher, on the augmented training
@@ -32,6 +32,11 @@ VARIANTS = {  # FinetuneConfig settings of each variant, every one named (the de
     "bf16": {"precision": "bf16", "fused": False},
     "fused": {"precision": "fp32", "fused": True},  # compiled neuron kernels (lowlat.fused)
     "fused+bf16": {"precision": "bf16", "fused": True},
+    # a frozen prefix (phase2.finetune.frozen) changes what is learnt, not only how: its
+    # accuracy is a validation run of its own (README "Lever 8")
+    "fused+frozen2": {"precision": "fp32", "fused": True, "frozen": 2},
+    "fused+frozen4": {"precision": "fp32", "fused": True, "frozen": 4},
+    "fused+kd0": {"precision": "fp32", "fused": True, "kd": 0.0},  # no teacher forward
 }
 
 

@@ -4,6 +4,7 @@ and flags as they were, refuses bad settings, and runs through stages phase2 and
 
 from __future__ import annotations
 
+import copy
 import shutil
 from itertools import cycle
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 from lowlat.activations import QCActivation
 from lowlat.artifacts import load_artifact, snn_name
 from lowlat.convert import to_snn
-from lowlat.finetune import FinetuneConfig, finetune, lr_factor
+from lowlat.finetune import FinetuneConfig, finetune, frozen_prefix, lr_factor
 from lowlat.methods import load_snn, recipe
 from lowlat.neurons import spiking_layers
 from lowlat.simulate import run_snn
@@ -90,6 +91,36 @@ def test_finetune_can_learn_the_neurons_too():
         assert bool((m.theta >= 0.05 * th - 1e-7).all()) and bool((m.amplitude > 0).all())
     assert "neurons" not in FinetuneConfig().fingerprint()  # older artifacts stay valid
     assert FinetuneConfig(neurons=True).fingerprint()["neurons"] is True
+
+
+def test_a_frozen_prefix_keeps_its_layers_and_never_runs_their_backward():
+    net, xt, yt, xv, yv = _task(4)
+    snn = to_snn(net)
+    assert frozen_prefix(snn, 1) == ["0", "1"]  # the first layer and the neurons after it
+    assert frozen_prefix(snn, 2) == ["0", "1", "2", "3"]
+    with pytest.raises(ValueError, match=r"phase2.finetune.frozen=3.*3 conv/linear.*0 to 2"):
+        frozen_prefix(snn, 3)
+    before = copy.deepcopy(snn.state_dict())
+    req = [p.requires_grad for p in snn.parameters()]
+    calls = {"0": 0, "2": 0}
+    for name in calls:
+        snn.get_submodule(name).register_full_backward_hook(
+            lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    cfg = FinetuneConfig(iterations=20, lr=5e-2, batch_size=64, kd=0.0, eval_every=20,
+                         neurons=True, frozen=1, **PLAIN)
+    finetune(snn, _batches(xt, yt), T, cfg, lambda s: 1.0 + float(s.get_submodule("2").bias[0]),
+             progress=False)  # every check "better": the last state is kept
+    after = snn.state_dict()
+    learnt = [k for k in before if k.endswith(("weight", "bias", "theta", "amplitude", "v0"))]
+    assert len(learnt) == 12  # 3 layers × (weight, bias), 2 IF layers × (θ, amplitude, v0)
+    for k in learnt:  # the prefix (layer 0 and its neurons) as it was, everything else learnt
+        assert torch.equal(after[k], before[k]) == k.startswith(("0.", "1.")), k
+    assert calls == {"0": 0, "2": 20}  # no backward through the frozen layer at all
+    assert [p.requires_grad for p in snn.parameters()] == req
+    assert "frozen" not in FinetuneConfig().fingerprint()  # older artifacts stay valid
+    assert FinetuneConfig(frozen=2).fingerprint()["frozen"] == 2
+    with pytest.raises(ValueError, match="frozen"):
+        FinetuneConfig(frozen=-1)
 
 
 def test_finetune_in_bf16_learns_and_keeps_float32_state():
@@ -179,7 +210,7 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
-@pytest.mark.parametrize("key", ["precision", "warmup", "seed"])
+@pytest.mark.parametrize("key", ["precision", "warmup", "seed", "frozen"])
 def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     """Artifacts fine-tuned before an option existed stay up to date; a change is seen."""
     from omegaconf import open_dict
@@ -190,7 +221,8 @@ def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
         del ctx.cfg.phase2.finetune[key]  # a config from before the option
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now
     with open_dict(ctx.cfg):
-        ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2, "seed": 1}[key]
+        ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2, "seed": 1,
+                                        "frozen": 2}[key]
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") != now
 
 
@@ -212,6 +244,17 @@ def test_fused_kernels_never_enter_a_fingerprint(tmp_path):
     assert not phase2.finetune_config(_ctx(tmp_path, *FT)).fused  # experiment=tiny: too short
     assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.fused=true")).fused
     assert not phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.fused=false")).fused
+
+
+def test_a_frozen_prefix_too_long_for_the_network_is_refused_before_any_work(tiny_run,
+                                                                            tmp_path):
+    shutil.copytree(tiny_run.parent.parent, tmp_path / "run")
+    ctx = _ctx(tmp_path / "run", *FT, "phase2.finetune.frozen=99")
+    files = sorted(p.name for p in ctx.run_dir.iterdir())
+    with pytest.raises(ConfigError, match=r"phase2.finetune.frozen=99.*valid: 0 to"):
+        phase2.run_phase2(ctx)
+    assert sorted(p.name for p in ctx.run_dir.iterdir()) == files  # nothing written
+    assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.frozen=2")).frozen == 2
 
 
 def test_the_fine_tune_seed_is_read_and_defaults_to_the_runs(tmp_path):
@@ -237,7 +280,8 @@ def test_warmup_rises_linearly_then_follows_the_cosine():
                                      ("neurons", "'yes'"), ("fused", "'yes'"),
                                      ("precision", "fp16"),
                                      ("warmup", -1), ("warmup", 10**6), ("seed", -1),
-                                     ("seed", "'a'")])
+                                     ("seed", "'a'"), ("frozen", -1), ("frozen", 1.5),
+                                     ("frozen", "'a'"), ("frozen", "true")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])

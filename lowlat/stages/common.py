@@ -138,6 +138,10 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.finetune.precision", cfg.phase2.get("finetune", {}).get("precision", "fp32"),
             PRECISIONS)
     ft = cfg.phase2.get("finetune", {})
+    frozen = ft.get("frozen", 0)
+    if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
+        raise ConfigError(f"phase2.finetune.frozen must be an integer >= 0 (leading conv/linear "
+                          f"layers kept as calibrated), got {frozen!r}")
     if ft.get("warmup", 0) >= ft.get("iterations", 1):
         raise ConfigError(f"phase2.finetune.warmup ({ft.get('warmup')}) must be below "
                           f"phase2.finetune.iterations ({ft.get('iterations')})")

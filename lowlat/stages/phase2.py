@@ -25,12 +25,13 @@ from lowlat.artifacts import (
 )
 from lowlat.calibrate import CalibConfig, calibrate
 from lowlat.conversions import effective_target, target_at_levels
-from lowlat.finetune import ADDED_LATER, EXECUTION, FinetuneConfig, finetune
+from lowlat.finetune import ADDED_LATER, EXECUTION, FinetuneConfig, finetune, frozen_prefix
 from lowlat.methods import START_SOURCE, calibration_pair, get_method, recipe
 from lowlat.neurons import reset_states
 from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
     ANY,
+    ConfigError,
     Context,
     calibration_images,
     check_arch,
@@ -66,7 +67,8 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
                           batch_size=int(f.batch_size), kd=float(f.kd), gamma=float(f.gamma),
                           eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
                           precision=str(f.get("precision", FinetuneConfig.precision)),
-                          fused=bool(f.get("fused", FinetuneConfig.fused)))
+                          fused=bool(f.get("fused", FinetuneConfig.fused)),
+                          frozen=int(f.get("frozen", FinetuneConfig.frozen)))
 
 
 def _finetunes(ctx: Context, method: str) -> bool:
@@ -141,6 +143,11 @@ def run_phase2(ctx: Context) -> dict:
         raise ValueError(f"phase2.calib_samples={p.calib_samples} exceeds the training set "
                          f"({dm.train_size} images)")
     nets = {src: load_network(a).to(ctx.device) for src, a in arts.items()}
+    for method in {m for _, m, _ in todo if _finetunes(ctx, m)}:  # before any work
+        try:
+            frozen_prefix(nets[start_source(ctx, method)], finetune_config(ctx).frozen)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     stats = None
     if "ann" in nets:  # per-channel thresholds of a start from the ReLU ANN (as stage eval)
         n = min(int(cfg.eval.stat_images), dm.train_size)
