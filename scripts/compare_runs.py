@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from lowlat.artifacts import QCANN, load_artifact, read_json
@@ -75,6 +77,8 @@ def _label(c: dict) -> str:
             parts.append(ft["precision"])
         if ft.get("fused"):
             parts.append("compiled neurons")
+        if ft.get("frozen"):  # recorded only when set
+            parts.append(f"first {ft['frozen']} layers frozen")
     return f"{Path(c['run']).name} ({', '.join(parts)})"
 
 
@@ -87,12 +91,14 @@ def main(argv: list[str] | None = None) -> Path:
     cols = [collect(Path(r)) for r in args.runs]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "scripts/compare_runs.py",
+                          *(sys.argv[1:] if argv is None else argv)])
     (out / f"levers_{args.name}.json").write_text(json.dumps(
-        {"split": "validation", "columns": cols}, indent=1))
+        {"split": "validation", "command": command, "columns": cols}, indent=1))
     keys = sorted({k for c in cols for k in c["cells"]},
                   key=lambda k: (k.split("|")[0], int(k.split("|")[1])))
     head = [_label(c) for c in cols]
-    md = [f"# Runs side by side: {args.name} (validation top-1 %)", "",
+    md = [f"# Runs side by side: {args.name} (validation top-1 %)", "", f"`{command}`", "",
           "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols),
           "| QC-ANN | " + " | ".join(f"{100 * c['qcann_val_top1']:.2f}" for c in cols) + " |"]
     for k in keys:

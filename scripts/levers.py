@@ -5,7 +5,8 @@ Each ``--variant`` is one Phase II recipe applied to every run folder (``--run``
 
     conv:<method>                      an uncalibrated method of lowlat.methods (unbiased, ...)
     art:<method>[:head=kl|mse]         the run's calibrated snn_T<T>_<method>.pt, as it is or
-                                       with its output head refitted (lowlat.head)
+                                       with its output head refitted (lowlat.head);
+    art:<method>:from=<T'>             the one calibrated at T', run for each --timesteps T
     qc:T                               the QC-ANN (no SNN) evaluated with L = T levels: the
                                        accuracy of an SNN that rounded exactly as a T-step rate
     <name>:key=value,key=value         a calibration; keys (defaults in brackets):
@@ -60,13 +61,16 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     if name == "qc" and rest == "T":
         return "qc:T", {"qc_levels": "T"}
     if name == "art":
-        method, _, opt = rest.partition(":")
+        method, _, opts = rest.partition(":")
         get_method(method)
-        k, _, v = opt.partition("=")
-        if opt and (k != "head" or v not in HEAD_LOSSES):
-            raise SystemExit(f"variant {spec!r}: after art:<method> only :head=<"
-                             f"{'|'.join(HEAD_LOSSES)}> is valid")
-        return f"art:{rest}", {"artifact": method, "head": v or "none"}
+        kv = {"artifact": method, "head": "none"}
+        for opt in filter(None, opts.split(",")):
+            k, _, v = opt.partition("=")
+            if not ((k == "head" and v in HEAD_LOSSES) or (k == "from" and v.isdigit())):
+                raise SystemExit(f"variant {spec!r}: after art:<method> only head=<"
+                                 f"{'|'.join(HEAD_LOSSES)}> and from=<T> are valid")
+            kv[k] = v
+        return f"art:{rest}", kv
     kv = dict(DEFAULTS)
     for item in filter(None, rest.split(",")):
         k, sep, v = item.partition("=")
@@ -128,8 +132,9 @@ def main(argv: list[str] | None = None) -> Path:
 
         for T, (name, kv) in itertools.product(args.timesteps, variants):
             art = None
-            if "artifact" in kv:
-                art = load_artifact(run / snn_name(T, kv["artifact"]), "snn")
+            if "artifact" in kv:  # from=<T'>: the artifact calibrated at T', run for T steps
+                art = load_artifact(run / snn_name(int(kv.get("from", T)), kv["artifact"]),
+                                    "snn")
                 kv = {**kv, "start": art["recipe"]["start"]}
             needs_stats = kv.get("start") == "channelnorm" or (
                 "method" in kv and get_method(kv["method"]).stats is not None)
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> Path:
                         m.levels = T
                 row["val_top1"] = evaluate(qc, val, tf)
             elif art is not None:
+                row["calibrated_at_T"] = int(kv.get("from", T))
                 snn = load_snn(art)
                 if kv["head"] != "none":
                     _, target = calibration_pair(kv["start"], nets[START_SOURCE[kv["start"]]],

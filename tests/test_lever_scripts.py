@@ -23,10 +23,15 @@ def test_levers_and_compare_runs(tiny_run, tmp_path):
                  "--calib-samples", "32", "--stat-images", "64", "--name", "t", "--out",
                  str(tmp_path), "--variant", "conv:unbiased", "cn:start=channelnorm,"
                  "granularity=channel", "v:lmpc=1,lwc=1,iterations=2,batch=16,accept=val",
-                 "qc:T", "art:lowlat:head=mse"])
+                 "qc:T", "art:lowlat:head=mse", "art:lowlat:from=2"])
     rows = json.loads((tmp_path / "levers_t.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["conv:unbiased", "cn", "v", "qc:T",
-                                            "art:lowlat:head=mse"]
+                                            "art:lowlat:head=mse", "art:lowlat:from=2"]
+    assert rows[5]["calibrated_at_T"] == 2 and 0 <= rows[5]["val_top1"] <= 1
+    assert levers.parse_variant("art:lowlat:from=2,head=kl")[1] == {
+        "artifact": "lowlat", "head": "kl", "from": "2"}
+    with pytest.raises(SystemExit, match="from=<T>"):
+        levers.parse_variant("art:lowlat:from=two")
     # qc:T is the QC-ANN itself with L = T levels, on the same validation batches
     art = load_artifact(tiny_run / QCANN, "qcann")
     qc, dm = load_network(art), datamodule_of(art)
@@ -45,6 +50,11 @@ def test_levers_and_compare_runs(tiny_run, tmp_path):
     cols = json.loads((tmp_path / "levers_r.json").read_text())["columns"]
     assert cols[0]["cells"]["lowlat|2"]["val_top1"] > 0
     assert "QC-ANN" in (tmp_path / "levers_r.md").read_text()
+    assert "compare_runs.py" in json.loads((tmp_path / "levers_r.json").read_text())["command"]
+    col = {"run": "runs/x", "levels": 2, "shift": 0.5, "lambda": "layer", "phase1_epochs": 1,
+           "finetune": {"lmpc_iterations": 1, "iterations": 9, "batch_size": 8, "lr": 1e-3,
+                        "kd": 0.5, "frozen": 4, "fused": True}}
+    assert "compiled neurons, first 4 layers frozen" in compare_runs._label(col)
 
 
 def test_compare_spikingjelly(tiny_run, tmp_path):
