@@ -96,10 +96,10 @@ class IFNeuron(nn.Module):
                 f"IFNeuron got a batch of {x.shape[0]}, expected {b} (static) or {k}x{b}"
             )
         xs = x.unsqueeze(0) if static else x.view(k, b, *x.shape[1:])  # [k or 1, B, ...]
-        if not torch.is_grad_enabled() and all(
-            t is None or t.dtype == x.dtype
-            for t in (self.v, self.v0, self.theta, self.amplitude, self.shift)
-        ):
+        state = (self.v, self.v0, self.theta, self.amplitude, self.shift)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, *state))  # e.g. a frozen prefix
+        if not needs_grad and all(t is None or t.dtype == x.dtype for t in state):
             return self._forward_inference(xs, k, static)
         if self.surrogate and getattr(self, "fused_train", False) and torch.is_grad_enabled():
             y = fused.fused_train_forward(self, xs, k, static)
