@@ -14,6 +14,7 @@ logits averaged over the T steps (what the SNN classifies by).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -27,11 +28,13 @@ from tqdm.auto import tqdm
 from lowlat import fused
 from lowlat.head import distill_kl
 from lowlat.neurons import configure, reset_states, spiking_layers
+from lowlat.ratebackward import rate_backward
 
 PRECISIONS = ("fp32", "bf16")
+BACKWARDS = ("bptt", "rate")
 # Options added after fine-tuned artifacts existed, each with the value those artifacts were made
 # with: at that value an option stays out of fingerprints, so the older artifacts stay valid.
-ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0}
+ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0, "backward": "bptt"}
 # How the steps are computed, not what they compute (the same gradients up to float rounding, as
 # with another thread count): never in a fingerprint, recorded in the fine-tune's report.
 EXECUTION = ("fused",)
@@ -56,6 +59,8 @@ class FinetuneConfig:
     #                              backward kernel (lowlat.fused): a step 1.6-2x faster on a CPU
     frozen: int = 0              # leading conv/linear layers (with the neurons before the next
     #                              one) kept as calibrated: no backward through them at all
+    backward: str = "bptt"       # "rate": the conv/linear/pool layers' backward on time averages
+    #                              (lowlat.ratebackward; other gradients, a cheaper step)
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -70,6 +75,13 @@ class FinetuneConfig:
             raise ValueError(f"finetune.lr must be > 0, got {self.lr}")
         if self.frozen < 0:
             raise ValueError(f"finetune.frozen must be >= 0, got {self.frozen}")
+        if self.backward not in BACKWARDS:
+            raise ValueError(f"finetune.backward must be one of {', '.join(BACKWARDS)}, "
+                             f"got {self.backward!r}")
+        if self.backward == "rate" and self.precision != "fp32":
+            raise ValueError("finetune.backward=rate runs in fp32 only (its time averages "
+                             "would mix bf16 gradients with fp32 inputs), got "
+                             f"precision={self.precision!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"finetune.precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -198,17 +210,20 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
         for it in bar:
             x, y = next(batches)
             snn.train()
-            with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-                with torch.no_grad():
-                    z = teacher(x) if teacher is not None and cfg.kd > 0 else None
-                logits = snn_logits(snn, x, T)
-            loss = finetune_loss(logits, y, None if z is None else _fp32_at_least(z), cfg.kd)
-            val = float(loss.detach())
-            if not math.isfinite(val):
-                raise FloatingPointError(f"finetune: the loss became {val} at step {it} (T={T}); "
-                                         "lower phase2.finetune.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with (rate_backward(snn, T, x.shape[0]) if cfg.backward == "rate"
+                  else contextlib.nullcontext()):
+                with torch.autocast(x.device.type, torch.bfloat16,
+                                    enabled=cfg.precision == "bf16"):
+                    with torch.no_grad():
+                        z = teacher(x) if teacher is not None and cfg.kd > 0 else None
+                    logits = snn_logits(snn, x, T)
+                loss = finetune_loss(logits, y, None if z is None else _fp32_at_least(z), cfg.kd)
+                val = float(loss.detach())
+                if not math.isfinite(val):
+                    raise FloatingPointError(f"finetune: the loss became {val} at step {it} "
+                                             f"(T={T}); lower phase2.finetune.lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             opt.step()
             sched.step()
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Seconds per ``lowlat-ft`` training step, side by side: plain, fused, bf16, frozen prefixes.
+"""Seconds per ``lowlat-ft`` training step, side by side: plain, fused, bf16, cheaper backwards.
 
 Runs the real fine-tune loop (``lowlat.finetune.finetune``, validation stubbed out) on a copy of
 a calibrated SNN artifact, with its run's ReLU ANN as the teacher, on the augmented training
@@ -37,6 +37,8 @@ VARIANTS = {  # FinetuneConfig settings of each variant, every one named (the de
     "fused+frozen2": {"precision": "fp32", "fused": True, "frozen": 2},
     "fused+frozen4": {"precision": "fp32", "fused": True, "frozen": 4},
     "fused+kd0": {"precision": "fp32", "fused": True, "kd": 0.0},  # no teacher forward
+    # the layers between the neurons backward on time averages (lowlat.ratebackward)
+    "fused+rate": {"precision": "fp32", "fused": True, "backward": "rate"},
 }
 
 

@@ -123,6 +123,24 @@ def test_a_frozen_prefix_keeps_its_layers_and_never_runs_their_backward():
         FinetuneConfig(frozen=-1)
 
 
+def test_finetune_with_the_rate_backward_learns():
+    """lowlat.ratebackward: other gradients for the layers between the neurons, still a descent
+    direction that learns the task; refused with bf16."""
+    net, xt, yt, xv, yv = _task()
+    snn = to_snn(net)
+    start = _acc(snn, xv, yv)
+    cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.0, eval_every=50,
+                         backward="rate", **PLAIN)
+    rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), progress=False)
+    assert rep["ft_val_best"] >= start + 0.3, rep
+    assert rep["ft_loss_last"] < rep["ft_loss_first"]
+    assert all("forward" not in vars(m) for m in snn.modules())  # layers restored
+    assert FinetuneConfig(backward="rate").fingerprint()["backward"] == "rate"
+    assert "backward" not in FinetuneConfig().fingerprint()  # older artifacts stay valid
+    with pytest.raises(ValueError, match="fp32 only"):
+        FinetuneConfig(backward="rate", precision="bf16")
+
+
 def test_finetune_in_bf16_learns_and_keeps_float32_state():
     net, xt, yt, xv, yv = _task()
     snn = to_snn(net)
@@ -210,7 +228,7 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
-@pytest.mark.parametrize("key", ["precision", "warmup", "seed", "frozen"])
+@pytest.mark.parametrize("key", ["precision", "warmup", "seed", "frozen", "backward"])
 def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     """Artifacts fine-tuned before an option existed stay up to date; a change is seen."""
     from omegaconf import open_dict
@@ -222,7 +240,7 @@ def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now
     with open_dict(ctx.cfg):
         ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2, "seed": 1,
-                                        "frozen": 2}[key]
+                                        "frozen": 2, "backward": "rate"}[key]
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") != now
 
 
@@ -257,6 +275,14 @@ def test_a_frozen_prefix_too_long_for_the_network_is_refused_before_any_work(tin
     assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.frozen=2")).frozen == 2
 
 
+def test_the_rate_backward_in_bf16_is_refused_by_name():
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=tiny", "phase2.finetune.backward=rate",
+                                           "phase2.finetune.precision=bf16"])
+    with pytest.raises(ConfigError, match="phase2.finetune.backward=rate runs in fp32 only"):
+        validate(cfg)
+
+
 def test_the_fine_tune_seed_is_read_and_defaults_to_the_runs(tmp_path):
     assert phase2.finetune_config(_ctx(tmp_path, *FT)).seed is None  # the run's seed
     assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.seed=3")).seed == 3
@@ -281,7 +307,8 @@ def test_warmup_rises_linearly_then_follows_the_cosine():
                                      ("precision", "fp16"),
                                      ("warmup", -1), ("warmup", 10**6), ("seed", -1),
                                      ("seed", "'a'"), ("frozen", -1), ("frozen", 1.5),
-                                     ("frozen", "'a'"), ("frozen", "true")])
+                                     ("frozen", "'a'"), ("frozen", "true"),
+                                     ("backward", "sgd")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowlat.artifacts import fingerprint
 from lowlat.conversions import TARGETS
-from lowlat.finetune import PRECISIONS
+from lowlat.finetune import BACKWARDS, PRECISIONS
 from lowlat.head import HEAD_LOSSES
 from lowlat.models import model_entrypoint
 
@@ -138,6 +138,10 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.finetune.precision", cfg.phase2.get("finetune", {}).get("precision", "fp32"),
             PRECISIONS)
     ft = cfg.phase2.get("finetune", {})
+    _one_of("phase2.finetune.backward", ft.get("backward", "bptt"), BACKWARDS)
+    if ft.get("backward", "bptt") == "rate" and ft.get("precision", "fp32") != "fp32":
+        raise ConfigError("phase2.finetune.backward=rate runs in fp32 only: set "
+                          "phase2.finetune.precision=fp32 or phase2.finetune.backward=bptt")
     frozen = ft.get("frozen", 0)
     if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
         raise ConfigError(f"phase2.finetune.frozen must be an integer >= 0 (leading conv/linear "

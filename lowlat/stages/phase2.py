@@ -68,7 +68,8 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
                           eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
                           precision=str(f.get("precision", FinetuneConfig.precision)),
                           fused=bool(f.get("fused", FinetuneConfig.fused)),
-                          frozen=int(f.get("frozen", FinetuneConfig.frozen)))
+                          frozen=int(f.get("frozen", FinetuneConfig.frozen)),
+                          backward=str(f.get("backward", FinetuneConfig.backward)))
 
 
 def _finetunes(ctx: Context, method: str) -> bool:

@@ -1,0 +1,134 @@
+"""Rate-approximate backward for the time-folded linear layers of a fine-tune (``backward: rate``).
+
+Why: with the neurons compiled (:mod:`lowlat.fused`), what is left of a BPTT step on a CPU is
+mostly the convolutions' backward over the time-folded batch ``[T·B, ...]``. A conv, linear or
+average-pooling layer is the same map at every step, so its exact gradients are sums over t:
+``dL/dW = Σ_t g_t ⊗ x_t`` and ``dL/dx_t = Wᵀ g_t``. Taking the input and the output gradient at
+their time averages (``x̄``, ``ḡ``; exact when either is constant over the T steps, as the
+classifier's gradient is) gives ``dL/dW ≈ (Σ_t g_t) ⊗ x̄`` and ``dL/dx_t ≈ Wᵀ ḡ`` for every t: one
+backward over ``[B, ...]`` instead of ``[T·B, ...]``. The neurons keep their exact BPTT, fed the
+same gradient at every step. This is the idea of rate-based backpropagation (Yu et al., NeurIPS
+2024) applied to the layers between the neurons only; it changes the gradients, so it is an option
+of its own that must earn its place on validation (README "Lever 8").
+
+The forward pass is untouched: the same spikes, the same loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RATE_LAYERS = (nn.Conv2d, nn.Linear, nn.AvgPool2d)
+
+
+def _fold(t: Tensor, T: int) -> Tensor:
+    return t.view(T, -1, *t.shape[1:])  # [T·B, ...] -> [T, B, ...]
+
+
+def _spread(g: Tensor, T: int) -> Tensor:
+    """The same gradient for every step: ``[B, ...] -> [T·B, ...]``."""
+    return g.unsqueeze(0).expand(T, *g.shape).reshape(T * g.shape[0], *g.shape[1:])
+
+
+class _RateConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, m: nn.Conv2d,
+                T: int) -> Tensor:
+        ctx.m, ctx.T, ctx.has_bias = m, T, bias is not None
+        ctx.save_for_backward(_fold(x, T).mean(0), weight)
+        return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        xbar, w = ctx.saved_tensors
+        m, T = ctx.m, ctx.T
+        gsum = _fold(g, T).sum(0)  # [B, C, H, W]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            gsum, xbar, w, [w.shape[0]] if ctx.has_bias else None, list(m.stride),
+            list(m.padding), list(m.dilation), False, [0, 0], m.groups,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+        gx = None if gx is None else _spread(gx / T, T)
+        return gx, gw, gb, None, None
+
+
+class _RateLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, T: int) -> Tensor:
+        ctx.T, ctx.has_bias = T, bias is not None
+        ctx.save_for_backward(_fold(x, T).mean(0), weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        xbar, w = ctx.saved_tensors
+        T = ctx.T
+        gsum = _fold(g, T).sum(0)  # [B, out]
+        gx = _spread(gsum @ w / T, T) if ctx.needs_input_grad[0] else None
+        gw = gsum.t() @ xbar if ctx.needs_input_grad[1] else None
+        gb = gsum.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+class _RatePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, m: nn.AvgPool2d, T: int) -> Tensor:
+        ctx.m, ctx.T = m, T
+        ctx.save_for_backward(_fold(x, T)[0])  # only its shape matters for the backward
+        return m._rate_forward(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (x0,), m, T = ctx.saved_tensors, ctx.m, ctx.T
+        gx = torch.ops.aten.avg_pool2d_backward(
+            _fold(g, T).mean(0), x0, _pair(m.kernel_size), _pair(m.stride or m.kernel_size),
+            _pair(m.padding), m.ceil_mode, m.count_include_pad, m.divisor_override)
+        return _spread(gx, T), None, None
+
+
+def _pair(v) -> list[int]:
+    return list(v) if isinstance(v, tuple | list) else [v, v]
+
+
+def _supported(m: nn.Module) -> bool:
+    if isinstance(m, nn.Conv2d):
+        return m.padding_mode == "zeros" and isinstance(m.padding, tuple)  # not 'same'
+    return isinstance(m, nn.Linear | nn.AvgPool2d)
+
+
+@contextmanager
+def rate_backward(net: nn.Module, T: int, batch: int) -> Iterator[list[str]]:
+    """Within the block, ``net``'s conv/linear/avg-pool layers that get a time-folded input
+    (``[T·B, ...]``, B = ``batch``) while a gradient is needed run their backward on the time
+    averages; every other call runs as before. Yields the names of the layers it covers."""
+    names = []
+    for name, m in net.named_modules():
+        if not isinstance(m, RATE_LAYERS) or not _supported(m) or T < 2:
+            continue
+        plain = m.forward
+
+        def forward(x: Tensor, m=m, plain=plain) -> Tensor:
+            needs = torch.is_grad_enabled() and (x.requires_grad or any(
+                p.requires_grad for p in m.parameters(recurse=False)))
+            if not needs or x.shape[0] != T * batch or x.dtype != torch.float32 or (
+                    isinstance(m, nn.Linear) and x.dim() != 2):
+                return plain(x)
+            if isinstance(m, nn.Conv2d):
+                return _RateConv.apply(x, m.weight, m.bias, m, T)
+            if isinstance(m, nn.Linear):
+                return _RateLinear.apply(x, m.weight, m.bias, T)
+            return _RatePool.apply(x, m, T)
+
+        m._rate_forward = plain
+        m.forward = forward
+        names.append(name)
+    try:
+        yield names
+    finally:
+        for name in names:
+            m = net.get_submodule(name)
+            del m.forward, m._rate_forward
