@@ -79,6 +79,8 @@ def _label(c: dict) -> str:
             parts.append("compiled neurons")
         if ft.get("frozen"):  # recorded only when set
             parts.append(f"first {ft['frozen']} layers frozen")
+        if ft.get("backward", "bptt") != "bptt":  # recorded only when set
+            parts.append(f"{ft['backward']} backward")
     return f"{Path(c['run']).name} ({', '.join(parts)})"
 
 

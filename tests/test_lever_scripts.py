@@ -53,8 +53,8 @@ def test_levers_and_compare_runs(tiny_run, tmp_path):
     assert "compare_runs.py" in json.loads((tmp_path / "levers_r.json").read_text())["command"]
     col = {"run": "runs/x", "levels": 2, "shift": 0.5, "lambda": "layer", "phase1_epochs": 1,
            "finetune": {"lmpc_iterations": 1, "iterations": 9, "batch_size": 8, "lr": 1e-3,
-                        "kd": 0.5, "frozen": 4, "fused": True}}
-    assert "compiled neurons, first 4 layers frozen" in compare_runs._label(col)
+                        "kd": 0.5, "frozen": 4, "fused": True, "backward": "rate"}}
+    assert "compiled neurons, first 4 layers frozen, rate backward" in compare_runs._label(col)
 
 
 def test_compare_spikingjelly(tiny_run, tmp_path):
