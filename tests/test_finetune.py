@@ -275,6 +275,18 @@ def test_a_frozen_prefix_too_long_for_the_network_is_refused_before_any_work(tin
     assert phase2.finetune_config(_ctx(tmp_path, *FT, "phase2.finetune.frozen=2")).frozen == 2
 
 
+def test_a_frozen_prefix_too_long_for_the_configured_model_is_refused_at_validation():
+    """Before stage ann trains anything: the configured model is built from its name."""
+    def cfg(k: int):
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            return compose("config", overrides=["experiment=tiny", f"phase2.finetune.frozen={k}",
+                                                "phase2.methods=[lowlat-ft]",
+                                                "eval.methods=[lowlat-ft]"])
+    with pytest.raises(ConfigError, match=r"phase2.finetune.frozen=99: .* valid: 0 to"):
+        validate(cfg(99))
+    validate(cfg(1))
+
+
 def test_the_rate_backward_in_bf16_is_refused_by_name():
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", "phase2.finetune.backward=rate",

@@ -19,7 +19,7 @@ from lowlat.artifacts import fingerprint
 from lowlat.conversions import TARGETS
 from lowlat.finetune import BACKWARDS, PRECISIONS
 from lowlat.head import HEAD_LOSSES
-from lowlat.models import model_entrypoint
+from lowlat.models import create_model, model_entrypoint
 
 log = logging.getLogger("lowlat")
 ANY = object()  # in ``Context.fp``'s ``omit``: the key is left out whatever its value
@@ -68,6 +68,26 @@ def _number(cfg: DictConfig, key: str, lo: float | None, hi: float | None, kind:
         rng = (f"{'>' if strict_lo else '>='} {lo}" if hi is None else f"in [{lo}, {hi}]")
         raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'} {rng}, "
                           f"got {v!r}")
+
+
+def _check_frozen(cfg: DictConfig, k: int) -> None:
+    """A frozen prefix longer than the configured model, refused before stage ann trains it (stage
+    phase2 checks the trained network again, e.g. a model this cannot build from its name)."""
+    from lowlat.finetune import frozen_prefix
+    from lowlat.methods import recipe
+
+    lw = OmegaConf.to_container(cfg.phase2.lowlat, resolve=True)
+    if not any(recipe(m, lw).finetune for m in cfg.phase2.methods):
+        return
+    try:
+        net = create_model(str(cfg.model.name), **OmegaConf.to_container(
+            cfg.model.get("kwargs") or {}, resolve=True))
+    except Exception:  # noqa: BLE001 - needs the data's shape: stage phase2 checks it
+        return
+    try:
+        frozen_prefix(net, k)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -146,6 +166,8 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
         raise ConfigError(f"phase2.finetune.frozen must be an integer >= 0 (leading conv/linear "
                           f"layers kept as calibrated), got {frozen!r}")
+    if frozen:
+        _check_frozen(cfg, frozen)
     if ft.get("warmup", 0) >= ft.get("iterations", 1):
         raise ConfigError(f"phase2.finetune.warmup ({ft.get('warmup')}) must be below "
                           f"phase2.finetune.iterations ({ft.get('iterations')})")
