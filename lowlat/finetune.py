@@ -96,6 +96,9 @@ class FinetuneConfig:
         return d
 
 
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # what frozen=k counts
+
+
 def frozen_prefix(net: nn.Module, k: int) -> list[str]:
     """Names of the leaf modules defined before ``net``'s (k+1)-th conv/linear layer (definition
     = forward order, as :func:`lowlat.neurons.spiking_layers` assumes): what ``frozen=k`` keeps.
@@ -118,9 +121,6 @@ def frozen_prefix(net: nn.Module, k: int) -> list[str]:
         if not any(True for _ in m.children()):
             names.append(n)
     return names
-
-
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def snn_logits(snn: nn.Module, x: Tensor, T: int) -> Tensor:
@@ -171,6 +171,9 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     membrane potentials, the loss and validation stay in float32): fewer CPU/GPU seconds a step.
     ``cfg.fused`` runs the neurons as compiled kernels (:func:`lowlat.fused.fused_train_forward`;
     the plain graph where compiling fails, with a warning); the report says which ran.
+    ``cfg.frozen`` keeps the :func:`frozen_prefix` as it is (no graph through it);
+    ``cfg.backward='rate'`` runs the layers between the neurons backward on time averages
+    (:mod:`lowlat.ratebackward`).
     """
     if cfg.kd > 0 and teacher is None:
         raise ValueError("finetune: kd > 0 needs a teacher network (the ReLU ANN)")

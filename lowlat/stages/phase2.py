@@ -144,9 +144,10 @@ def run_phase2(ctx: Context) -> dict:
         raise ValueError(f"phase2.calib_samples={p.calib_samples} exceeds the training set "
                          f"({dm.train_size} images)")
     nets = {src: load_network(a).to(ctx.device) for src, a in arts.items()}
-    for method in {m for _, m, _ in todo if _finetunes(ctx, m)}:  # before any work
+    frozen = finetune_config(ctx).frozen
+    for method in {m for _, m, _ in todo if _finetunes(ctx, m) and frozen}:  # before any work
         try:
-            frozen_prefix(nets[start_source(ctx, method)], finetune_config(ctx).frozen)
+            frozen_prefix(nets[start_source(ctx, method)], frozen)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     stats = None
