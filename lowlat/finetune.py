@@ -31,7 +31,7 @@ from lowlat.neurons import configure, reset_states, spiking_layers
 from lowlat.ratebackward import rate_backward
 
 PRECISIONS = ("fp32", "bf16")
-BACKWARDS = ("bptt", "rate")
+BACKWARDS = ("bptt", "rate", "rate_weights")
 # Options added after fine-tuned artifacts existed, each with the value those artifacts were made
 # with: at that value an option stays out of fingerprints, so the older artifacts stay valid.
 ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0, "backward": "bptt"}
@@ -60,7 +60,8 @@ class FinetuneConfig:
     frozen: int = 0              # leading conv/linear layers (with the neurons before the next
     #                              one) kept as calibrated: no backward through them at all
     backward: str = "bptt"       # "rate": the conv/linear/pool layers' backward on time averages
-    #                              (lowlat.ratebackward; other gradients, a cheaper step)
+    #                              (lowlat.ratebackward; other gradients, a cheaper step);
+    #                              "rate_weights": only their weight gradients so
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -78,9 +79,9 @@ class FinetuneConfig:
         if self.backward not in BACKWARDS:
             raise ValueError(f"finetune.backward must be one of {', '.join(BACKWARDS)}, "
                              f"got {self.backward!r}")
-        if self.backward == "rate" and self.precision != "fp32":
-            raise ValueError("finetune.backward=rate runs in fp32 only (its time averages "
-                             "would mix bf16 gradients with fp32 inputs), got "
+        if self.backward != "bptt" and self.precision != "fp32":
+            raise ValueError(f"finetune.backward={self.backward} runs in fp32 only (its time "
+                             "averages would mix bf16 gradients with fp32 inputs), got "
                              f"precision={self.precision!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"finetune.precision must be one of {', '.join(PRECISIONS)}, "
@@ -213,8 +214,8 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
         for it in bar:
             x, y = next(batches)
             snn.train()
-            with (rate_backward(snn, T, x.shape[0]) if cfg.backward == "rate"
-                  else contextlib.nullcontext()):
+            with (rate_backward(snn, T, x.shape[0], exact_input=cfg.backward == "rate_weights")
+                  if cfg.backward != "bptt" else contextlib.nullcontext()):
                 with torch.autocast(x.device.type, torch.bfloat16,
                                     enabled=cfg.precision == "bf16"):
                     with torch.no_grad():

@@ -11,6 +11,9 @@ same gradient at every step. This is the idea of rate-based backpropagation (Yu 
 2024) applied to the layers between the neurons only; it changes the gradients, so it is an option
 of its own that must earn its place on validation (README "Lever 8").
 
+``exact_input`` (``backward: rate_weights``) takes only the weight gradients from the averages and
+keeps every input gradient exact, so the neurons' BPTT sees the true per-step signal.
+
 The forward pass is untouched: the same spikes, the same loss.
 """
 
@@ -37,29 +40,34 @@ def _spread(g: Tensor, T: int) -> Tensor:
 
 class _RateConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, m: nn.Conv2d,
-                T: int) -> Tensor:
-        ctx.m, ctx.T, ctx.has_bias = m, T, bias is not None
-        ctx.save_for_backward(_fold(x, T).mean(0), weight)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, m: nn.Conv2d, T: int,
+                exact_input: bool) -> Tensor:
+        ctx.m, ctx.T, ctx.has_bias, ctx.exact_input = m, T, bias is not None, exact_input
+        ctx.save_for_backward(_fold(x, T).mean(0), weight, x if exact_input else None)
         return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        xbar, w = ctx.saved_tensors
-        m, T = ctx.m, ctx.T
-        gsum = _fold(g, T).sum(0)  # [B, C, H, W]
+        xbar, w, x = ctx.saved_tensors
+        m, T, need = ctx.m, ctx.T, ctx.needs_input_grad
+        geo = (list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups)
+        gsum = _fold(g, T).sum(0)  # [T·B, C, H, W] -> [B, C, H, W]
+        bias = [w.shape[0]] if ctx.has_bias else None
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            gsum, xbar, w, [w.shape[0]] if ctx.has_bias else None, list(m.stride),
-            list(m.padding), list(m.dilation), False, [0, 0], m.groups,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
-        gx = None if gx is None else _spread(gx / T, T)
-        return gx, gw, gb, None, None
+            gsum, xbar, w, bias, *geo, [need[0] and not ctx.exact_input, need[1], need[2]])
+        if gx is not None:
+            gx = _spread(gx / T, T)
+        elif need[0]:  # exact_input: the input's gradient step by step, as plain autograd
+            gx = torch.ops.aten.convolution_backward(g, x, w, None, *geo,
+                                                     [True, False, False])[0]
+        return gx, gw, gb, None, None, None
 
 
 class _RateLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, T: int) -> Tensor:
-        ctx.T, ctx.has_bias = T, bias is not None
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, T: int,
+                exact_input: bool) -> Tensor:
+        ctx.T, ctx.has_bias, ctx.exact_input = T, bias is not None, exact_input
         ctx.save_for_backward(_fold(x, T).mean(0), weight)
         return F.linear(x, weight, bias)
 
@@ -67,11 +75,13 @@ class _RateLinear(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         xbar, w = ctx.saved_tensors
         T = ctx.T
-        gsum = _fold(g, T).sum(0)  # [B, out]
-        gx = _spread(gsum @ w / T, T) if ctx.needs_input_grad[0] else None
+        gsum = _fold(g, T).sum(0)  # [T·B, out] -> [B, out]
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = g @ w if ctx.exact_input else _spread(gsum @ w / T, T)
         gw = gsum.t() @ xbar if ctx.needs_input_grad[1] else None
         gb = gsum.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None
+        return gx, gw, gb, None, None
 
 
 class _RatePool(torch.autograd.Function):
@@ -101,13 +111,19 @@ def _supported(m: nn.Module) -> bool:
 
 
 @contextmanager
-def rate_backward(net: nn.Module, T: int, batch: int) -> Iterator[list[str]]:
+def rate_backward(net: nn.Module, T: int, batch: int,
+                  exact_input: bool = False) -> Iterator[list[str]]:
     """Within the block, ``net``'s conv/linear/avg-pool layers that get a time-folded input
     (``[T·B, ...]``, B = ``batch``) while a gradient is needed run their backward on the time
-    averages; every other call runs as before. Yields the names of the layers it covers."""
+    averages; every other call runs as before. Yields the names of the layers it covers.
+
+    ``exact_input``: only the weight gradients from the averages, the input's gradient step by
+    step as in BPTT (the neurons get their exact per-step signal; pooling runs as it is).
+    """
     names = []
     for name, m in net.named_modules():
-        if not isinstance(m, RATE_LAYERS) or not _supported(m) or T < 2:
+        if (not isinstance(m, RATE_LAYERS) or not _supported(m) or T < 2
+                or (exact_input and isinstance(m, nn.AvgPool2d))):
             continue
         plain = m.forward
 
@@ -118,9 +134,9 @@ def rate_backward(net: nn.Module, T: int, batch: int) -> Iterator[list[str]]:
                     isinstance(m, nn.Linear) and x.dim() != 2):
                 return plain(x)
             if isinstance(m, nn.Conv2d):
-                return _RateConv.apply(x, m.weight, m.bias, m, T)
+                return _RateConv.apply(x, m.weight, m.bias, m, T, exact_input)
             if isinstance(m, nn.Linear):
-                return _RateLinear.apply(x, m.weight, m.bias, T)
+                return _RateLinear.apply(x, m.weight, m.bias, T, exact_input)
             return _RatePool.apply(x, m, T)
 
         m._rate_forward = plain

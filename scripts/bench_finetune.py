@@ -39,6 +39,7 @@ VARIANTS = {  # FinetuneConfig settings of each variant, every one named (the de
     "fused+kd0": {"precision": "fp32", "fused": True, "kd": 0.0},  # no teacher forward
     # the layers between the neurons backward on time averages (lowlat.ratebackward)
     "fused+rate": {"precision": "fp32", "fused": True, "backward": "rate"},
+    "fused+rate_weights": {"precision": "fp32", "fused": True, "backward": "rate_weights"},
 }
 
 

@@ -123,22 +123,23 @@ def test_a_frozen_prefix_keeps_its_layers_and_never_runs_their_backward():
         FinetuneConfig(frozen=-1)
 
 
-def test_finetune_with_the_rate_backward_learns():
+@pytest.mark.parametrize("backward", ["rate", "rate_weights"])
+def test_finetune_with_the_rate_backward_learns(backward):
     """lowlat.ratebackward: other gradients for the layers between the neurons, still a descent
     direction that learns the task; refused with bf16."""
     net, xt, yt, xv, yv = _task()
     snn = to_snn(net)
     start = _acc(snn, xv, yv)
     cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.0, eval_every=50,
-                         backward="rate", **PLAIN)
+                         backward=backward, **PLAIN)
     rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), progress=False)
     assert rep["ft_val_best"] >= start + 0.3, rep
     assert rep["ft_loss_last"] < rep["ft_loss_first"]
     assert all("forward" not in vars(m) for m in snn.modules())  # layers restored
-    assert FinetuneConfig(backward="rate").fingerprint()["backward"] == "rate"
+    assert FinetuneConfig(backward=backward).fingerprint()["backward"] == backward
     assert "backward" not in FinetuneConfig().fingerprint()  # older artifacts stay valid
     with pytest.raises(ValueError, match="fp32 only"):
-        FinetuneConfig(backward="rate", precision="bf16")
+        FinetuneConfig(backward=backward, precision="bf16")
 
 
 def test_finetune_in_bf16_learns_and_keeps_float32_state():

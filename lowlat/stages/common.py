@@ -159,9 +159,9 @@ def validate(cfg: DictConfig) -> None:
             PRECISIONS)
     ft = cfg.phase2.get("finetune", {})
     _one_of("phase2.finetune.backward", ft.get("backward", "bptt"), BACKWARDS)
-    if ft.get("backward", "bptt") == "rate" and ft.get("precision", "fp32") != "fp32":
-        raise ConfigError("phase2.finetune.backward=rate runs in fp32 only: set "
-                          "phase2.finetune.precision=fp32 or phase2.finetune.backward=bptt")
+    if ft.get("backward", "bptt") != "bptt" and ft.get("precision", "fp32") != "fp32":
+        raise ConfigError(f"phase2.finetune.backward={ft.get('backward')} runs in fp32 only: "
+                          "set phase2.finetune.precision=fp32 or phase2.finetune.backward=bptt")
     frozen = ft.get("frozen", 0)
     if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
         raise ConfigError(f"phase2.finetune.frozen must be an integer >= 0 (leading conv/linear "
