@@ -61,7 +61,7 @@ class FinetuneConfig:
     #                              one) kept as calibrated: no backward through them at all
     backward: str = "bptt"       # "rate": the conv/linear/pool layers' backward on time averages
     #                              (lowlat.ratebackward; other gradients, a cheaper step);
-    #                              "rate_weights": only their weight gradients so
+    #                              "rate_weights": only their weight gradients from averages
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -82,7 +82,8 @@ class FinetuneConfig:
         if self.backward != "bptt" and self.precision != "fp32":
             raise ValueError(f"finetune.backward={self.backward} runs in fp32 only (its time "
                              "averages would mix bf16 gradients with fp32 inputs), got "
-                             f"precision={self.precision!r}")
+                             f"precision={self.precision!r}: set precision=fp32 or "
+                             "backward=bptt")
         if self.precision not in PRECISIONS:
             raise ValueError(f"finetune.precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -181,7 +182,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     torch.manual_seed(seed)
     keep = set(frozen_prefix(snn, cfg.frozen)) if cfg.frozen else set()
     neurons = [m for n, m in spiking_layers(snn) if n not in keep]
-    all_params = [(n, p) for n, p in snn.named_parameters()]
+    all_params = list(snn.named_parameters())
     params = [p for n, p in all_params if n.rpartition(".")[0] not in keep]
     fixed = [p for n, p in all_params if n.rpartition(".")[0] in keep]
     req = [p.requires_grad for p in params]

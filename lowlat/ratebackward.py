@@ -89,7 +89,8 @@ class _RatePool(torch.autograd.Function):
     def forward(ctx, x: Tensor, m: nn.AvgPool2d, T: int) -> Tensor:
         ctx.m, ctx.T = m, T
         ctx.save_for_backward(_fold(x, T)[0])  # only its shape matters for the backward
-        return m._rate_forward(x)
+        return F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                            m.count_include_pad, m.divisor_override)
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -139,12 +140,10 @@ def rate_backward(net: nn.Module, T: int, batch: int,
                 return _RateLinear.apply(x, m.weight, m.bias, T, exact_input)
             return _RatePool.apply(x, m, T)
 
-        m._rate_forward = plain
-        m.forward = forward
+        m.forward = forward  # an instance attribute over the class's forward, deleted after
         names.append(name)
     try:
         yield names
     finally:
         for name in names:
-            m = net.get_submodule(name)
-            del m.forward, m._rate_forward
+            del net.get_submodule(name).forward

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowlat.artifacts import fingerprint
 from lowlat.conversions import TARGETS
-from lowlat.finetune import BACKWARDS, PRECISIONS
+from lowlat.finetune import PRECISIONS, FinetuneConfig
 from lowlat.head import HEAD_LOSSES
 from lowlat.models import create_model, model_entrypoint
 
@@ -158,14 +158,15 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.finetune.precision", cfg.phase2.get("finetune", {}).get("precision", "fp32"),
             PRECISIONS)
     ft = cfg.phase2.get("finetune", {})
-    _one_of("phase2.finetune.backward", ft.get("backward", "bptt"), BACKWARDS)
-    if ft.get("backward", "bptt") != "bptt" and ft.get("precision", "fp32") != "fp32":
-        raise ConfigError(f"phase2.finetune.backward={ft.get('backward')} runs in fp32 only: "
-                          "set phase2.finetune.precision=fp32 or phase2.finetune.backward=bptt")
     frozen = ft.get("frozen", 0)
     if isinstance(frozen, bool) or not isinstance(frozen, int) or frozen < 0:
         raise ConfigError(f"phase2.finetune.frozen must be an integer >= 0 (leading conv/linear "
                           f"layers kept as calibrated), got {frozen!r}")
+    try:  # the fine-tune's own checks (backward, and what it cannot run with), named as keys
+        FinetuneConfig(backward=str(ft.get("backward", "bptt")),
+                       precision=str(ft.get("precision", "fp32")), frozen=frozen)
+    except ValueError as e:
+        raise ConfigError(f"phase2.{e}") from None
     if frozen:
         _check_frozen(cfg, frozen)
     if ft.get("warmup", 0) >= ft.get("iterations", 1):
