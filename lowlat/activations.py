@@ -48,6 +48,9 @@ class QCActivation(nn.Module):
         super().__init__()
         if int(levels) < 1:
             raise ValueError(f"QCActivation: levels (L) must be >= 1, got {levels}")
+        if not 0.0 <= float(shift) <= 1.0:
+            raise ValueError(f"QCActivation: shift (s) must be in [0, 1] (0: the paper's floor, "
+                             f"0.5: QCFS's rounding), got {shift}")
         lam = torch.as_tensor(init_lambda, dtype=torch.float32).detach().clone()
         if not bool(torch.isfinite(lam).all()) or bool((lam <= 0).any()):
             raise ValueError(f"QCActivation: init_lambda must be finite and > 0, got {lam}")
@@ -73,7 +76,7 @@ class QCActivation(nn.Module):
     def extra_repr(self) -> str:
         shape = "" if self.lam.dim() == 0 else f" per channel {tuple(self.lam.shape)}"
         return (f"levels={self.levels}, shift={self.shift}, "
-                f"lam={float(self.lam.mean()):.4g}{shape}")
+                f"lam={float(self.lam.detach().mean()):.4g}{shape}")
 
 
 class RateNorm(nn.Module):

@@ -13,6 +13,7 @@ which case the :class:`SpikingNetwork` normalises its raw input (and records it 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,33 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lowlat.activations import QCActivation
+from lowlat.activations import QCActivation, RateNorm
 from lowlat.artifacts import fingerprint, import_factory, load_artifact, save_artifact
 from lowlat.calibrate import CalibConfig
 from lowlat.calibrate import calibrate as _calibrate
 from lowlat.convert import (
     activation_sites,
     activation_stats,
+    check_convertible,
+    fold_bn,
     replace_max_pooling,
     swap_activations,
     trace,
 )
-from lowlat.methods import CALIBRATED, STARTS, get_method, recipe
+from lowlat.finetune import FinetuneConfig, finetune
+from lowlat.methods import (
+    CALIBRATED,
+    METHODS,
+    START_SOURCE,
+    STARTS,
+    clip_target,
+    get_method,
+    recipe,
+)
 from lowlat.methods import convert as convert_method
 from lowlat.methods import load_snn as _rebuild
-from lowlat.neurons import reset_states
-from lowlat.simulate import evaluate_snn
+from lowlat.neurons import reset_states, spiking_layers
+from lowlat.simulate import check_steps, evaluate_snn
 from lowlat.spiking import Recording, SpikingNetwork, normalizer
 
 Data = Tensor | Iterable
@@ -72,11 +84,23 @@ def prepare(
     :class:`QCActivation` with λ from its activation statistics on ``data`` (``init`` =
     ``percentile`` or ``max``; a number sets λ directly). ReLU6 caps λ at 6 (it clips there).
     ``pool='avg'`` first replaces max pooling by average pooling of the same window.
+    A model the converter would refuse (an unsupported layer or op, max pooling kept) is refused
+    here, before statistics or fine-tuning are spent on it.
     """
     if pool not in ("keep", "avg"):
         raise ValueError(f"prepare: pool must be 'keep' or 'avg', got {pool!r}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"prepare: levels must be an int >= 1, got {levels!r}")
+    if not 0.0 <= shift <= 1.0:
+        raise ValueError(f"prepare: shift must be in [0, 1] (0: the paper, 0.5: QCFS), got {shift}")
+    if isinstance(init, int | float) and not (math.isfinite(init) and init > 0):
+        raise ValueError(f"prepare: a numeric init sets λ and must be finite and > 0, got {init}")
     model = replace_max_pooling(model) if pool == "avg" else model
+    check_convertible(fold_bn(model))
     sites = activation_sites(model)
+    if not sites:
+        raise ValueError("prepare: the model has no ReLU or ReLU6 (module or F.relu/F.relu6) to "
+                         "turn into a QC activation; only those become IF neurons")
     stats = None
     if not isinstance(init, int | float):
         if init not in ("percentile", "max"):
@@ -115,51 +139,139 @@ def fine_tune(qcann: nn.Module, train: Iterable, val: Iterable | None = None, *,
     return lit.model.eval()
 
 
+def _check_source(model: nn.Module, method: str) -> None:
+    """Refuse a model of the wrong kind for ``method``: a QC-ANN converted by a ReLU-ANN method
+    would keep its λ as θ and silently ignore the statistics, and the reverse cannot convert."""
+    kinds = {type(m) for m in model.modules()}
+    source = get_method(method).source
+    start = recipe(method).start if method in CALIBRATED else None
+    if start is not None:
+        source = START_SOURCE[start]
+    has_qc, has_rn = QCActivation in kinds, RateNorm in kinds
+    if source == "ann" and (has_qc or has_rn):
+        raise ValueError(f"{method!r} converts the ReLU ANN (θ from its statistics), but the "
+                         "model holds QC/RateNorm activations; pass the original ReLU model")
+    if source == "qcann" and not has_qc:
+        raise ValueError(f"{method!r} converts a QC-ANN; run api.prepare(model, data) (and "
+                         "fine-tune it) first, or pick a ReLU-ANN method: "
+                         f"{', '.join(n for n, m in METHODS.items() if m.source == 'ann')}")
+    if source == "ratenorm" and not has_rn:
+        raise ValueError("'ratenorm' converts a Rate Norm Layer ANN (lowlat.activations."
+                         "RateNorm at every activation); this model has none")
+
+
 def convert(model: nn.Module, method: str = "opti", T: int = 4, data: Data | None = None, *,
             mean=None, std=None, percentile: float = 99.9) -> SpikingNetwork:
     """The SNN of ``method`` (see :mod:`lowlat.methods`): a QC-ANN conversion (``phase1``,
     ``opti``, ``opt``, ``unbiased``), the start of a calibrated method (Phase I for the paper's
     ``lmpc``/``lwc``/``lmpc+lwc``, θ/2 for ``lowlat*``; then call :func:`calibrate`), or a ReLU
-    ANN's (``maxnorm``/``robustnorm``/``robustnorm_all``: θ from statistics on ``data``)."""
+    ANN's (``maxnorm``/``robustnorm``/``robustnorm_all``/``channelnorm``, and ``lowlat-cn``'s
+    start: θ from statistics on ``data``)."""
     m = get_method(method)
+    T = check_steps(T)
+    _check_source(model, method)
+    start = recipe(m).start if m.calibrated else None
+    stats = None
     if m.source == "ann":
         if data is None:
             raise ValueError(f"convert: {method} needs data for the activation statistics")
         norm = normalizer(mean, std)
         stats = activation_stats(model, (norm(x) for x in _inputs(data)), percentile=percentile)
-        net = convert_method(method, trace(model), stats=stats)
-    elif m.calibrated:
-        net = STARTS[recipe(m).start](trace(model))
+    if start is not None:
+        net = STARTS[start](trace(model), stats=stats)
     else:
-        net = convert_method(method, trace(model), T=T)
+        net = convert_method(method, trace(model), T=T, stats=stats)
     return SpikingNetwork(net, T, mean, std, method)
 
 
 def calibrate(snn: SpikingNetwork, qcann: nn.Module, data: Data, *, n_images: int = 256,
               method: str | None = None, progress: bool = False, **config: Any) -> list[dict]:
-    """LMPC and/or LWC of ``snn`` in place at its T against the QC-ANN, layer by layer, on at
+    """LMPC and/or LWC of ``snn`` in place at its T against ``qcann`` (the network it was
+    converted from: the QC-ANN, or the ReLU ANN for ``lowlat-cn``), layer by layer, on at
     most ``n_images`` of ``data``, with the recipe of a calibrated ``method`` (default: the one
     given to :func:`convert`, else ``lowlat``); ``config`` overrides the budget fields of
     :class:`~lowlat.calibrate.CalibConfig` (``iterations``, ``lr``, ``batch_size`` ...).
     The recipe's validation accept rule needs a validation split, which this call does not
     have: here every LWC update is kept (compare with ``lwc=False`` on your own validation
-    data to apply it). Returns the per-layer MSE reports."""
+    data to apply it). ``lowlat-ft``'s fine-tune is :func:`fine_tune_snn`. Returns the
+    per-layer MSE reports."""
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"calibrate: n_images must be an int >= 1, got {n_images!r}")
     method = method or (snn.method if snn.method in CALIBRATED else "lowlat")
     if method not in CALIBRATED:
         raise ValueError(f"calibrate: method must be one of {', '.join(CALIBRATED)}")
+    if get_method(method).finetune:
+        raise ValueError(f"calibrate: {method!r} is lowlat-lmpc followed by an end-to-end "
+                         "fine-tune on labelled data: convert and calibrate with "
+                         "method='lowlat-lmpc', then call api.fine_tune_snn(snn, train, val, "
+                         "teacher=<ReLU ANN>)")
     if snn.method in CALIBRATED and snn.method != method:
         raise ValueError(f"calibrate: the SNN was converted as the start of {snn.method!r}; "
                          f"convert it with method={method!r} to calibrate it as {method!r}")
     r = recipe(method)
+    _check_source(qcann, method)
     cfg = CalibConfig(**{"T": snn.T, "lmpc": r.lmpc, "lwc": r.lwc, "formula": r.formula,
                          "granularity": r.granularity, "optimizer": r.optimizer,
                          "accept": "always" if r.accept == "val" else r.accept,
                          "lmpc_iterations": r.lmpc_iterations, **config})
+    if START_SOURCE[r.start] == "ann":  # match the ReLU ANN clipped at each neuron's θ
+        target = clip_target(qcann, {n: m.theta.detach().clone()
+                                     for n, m in spiking_layers(snn.net)})
+    else:
+        target = trace(qcann)
     xs = snn.normalize(gather(data, n_images))
-    reports = _calibrate(snn.net, trace(qcann), xs, cfg, progress=progress)
+    reports = _calibrate(snn.net, target, xs, cfg, progress=progress)
     reset_states(snn.net)
     snn.method = method
     return reports
+
+
+def _cycle(train: Iterable, normalize: Callable[[Tensor], Tensor],
+           ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Labelled batches of ``train``, pass after pass (the fine-tune counts steps, not epochs)."""
+    while True:
+        n = 0
+        for b in train:
+            if not (isinstance(b, list | tuple) and len(b) >= 2):
+                raise ValueError("fine_tune_snn: train must yield (images, labels) batches")
+            n += 1
+            yield normalize(b[0]), b[1]
+        if n == 0:
+            raise ValueError("fine_tune_snn: train gave no batches")
+
+
+def fine_tune_snn(snn: SpikingNetwork, train: Iterable, val: Iterable, *,
+                  teacher: nn.Module | None = None, seed: int = 0, progress: bool = False,
+                  **config: Any) -> dict:
+    """Train the whole SNN end to end by BPTT at its T (``lowlat-ft``'s second half, after
+    ``lowlat-lmpc``), in place, keeping the best state on ``val``: the calibrated start
+    included, so it never ends below where it began. ``train`` yields augmented ``(x, y)``
+    batches and is cycled (its batch size is the step's); ``teacher`` (the ReLU ANN, same
+    input) is needed while ``kd`` > 0. ``config`` sets :class:`~lowlat.finetune.FinetuneConfig`
+    fields (``iterations``, ``lr``, ``kd``, ``neurons``, ``eval_every`` ...). Returns the
+    report (``ft_val_best``, ``ft_val_curve`` ...)."""
+    if "batch_size" in config:
+        raise ValueError("fine_tune_snn: the batch size is train's own (set it in your "
+                         "DataLoader); batch_size would be ignored")
+    cfg = FinetuneConfig(**config)
+    if cfg.kd > 0 and teacher is None:
+        raise ValueError(f"fine_tune_snn: kd={cfg.kd} distils from a teacher: pass "
+                         "teacher=<your ReLU ANN> or set kd=0 (labels only)")
+
+    def validate(net: nn.Module) -> float:
+        reset_states(net)
+        st = evaluate_snn(net, val, [snn.T], transform=snn.normalize, stats=False,
+                          progress=False)
+        return st.accuracy()[snn.T]
+
+    snn._batch = None
+    rep = finetune(snn.net, _cycle(train, snn.normalize), snn.T, cfg, validate,
+                   teacher=teacher.eval() if teacher is not None and cfg.kd > 0 else None,
+                   seed=seed, progress=progress)
+    reset_states(snn.net)
+    snn.net.eval()
+    snn.method = "lowlat-ft" if snn.method == "lowlat-lmpc" else f"{snn.method}+ft"
+    return rep
 
 
 def evaluate(snn: SpikingNetwork, data: Iterable, timesteps: Iterable[int] | None = None,
@@ -226,23 +338,42 @@ class Converter:
                  shift: float = 0.0, pool: str = "keep", n_images: int = 256,
                  fine_tune: Callable[[nn.Module], nn.Module] | None = None,
                  mean=None, std=None, **calib: Any) -> None:
+        if calib and not get_method(method).calibrated:
+            raise ValueError(f"Converter: {method!r} is not calibrated; the calibration "
+                             f"settings {', '.join(calib)} would be ignored")
         self.data, self.T, self.method = data, T, method
         self.levels, self.shift, self.pool, self.n_images = levels, shift, pool, n_images
         self.fine_tune, self.mean, self.std, self.calib = fine_tune, mean, std, calib
         self.qcann: nn.Module | None = None
 
     def __call__(self, model: nn.Module) -> SpikingNetwork:
+        m = get_method(self.method)
+        if m.finetune:
+            raise ValueError(f"Converter: {self.method!r} needs labelled training and "
+                             "validation data: use method='lowlat-lmpc', then "
+                             "api.fine_tune_snn(snn, train, val, teacher=model)")
+        if m.source == "ann":  # θ from the ReLU ANN's own statistics: no QC-ANN
+            if self.fine_tune is not None:
+                raise ValueError(f"Converter: {self.method!r} converts the ReLU ANN itself; "
+                                 "fine_tune= (a QC-ANN step) would be ignored")
+            ann = (replace_max_pooling(model) if self.pool == "avg" else model).eval()
+            snn = convert(ann, self.method, self.T, self.data, mean=self.mean, std=self.std)
+            if m.calibrated:
+                calibrate(snn, ann, self.data, n_images=self.n_images, method=self.method,
+                          **self.calib)
+            return snn
         qc = prepare(model, self.data, levels=self.levels, shift=self.shift, pool=self.pool,
                      mean=self.mean, std=self.std)
         if self.fine_tune is not None:
             qc = self.fine_tune(qc)
         self.qcann = qc.eval()
         snn = convert(qc, self.method, self.T, mean=self.mean, std=self.std)
-        if self.method in CALIBRATED:
+        if m.calibrated:
             calibrate(snn, qc, self.data, n_images=self.n_images, method=self.method,
                       **self.calib)
         return snn
 
 
 __all__ = ["Converter", "Recording", "SpikingNetwork", "calibrate", "convert",
-           "evaluate", "fine_tune", "gather", "load_snn", "prepare", "save_snn"]
+           "evaluate", "fine_tune", "fine_tune_snn", "gather", "load_snn", "prepare",
+           "save_snn"]

@@ -278,6 +278,9 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
     if cfg.head != "none" and layers is not None:
         raise ValueError(f"head={cfg.head!r} refits the output after all layers; it cannot be "
                          "combined with a subset of layers (layers=...)")
+    if xs.shape[0] == 0 or not bool(torch.isfinite(xs).all()):
+        raise ValueError(f"calibrate: the {xs.shape[0]} calibration images must be at least one "
+                         "and hold no NaN or inf")
     names = list(layers) if layers is not None else [n for n, _ in spiking_layers(snn)]
     ann = ann.eval()
     snn.eval()

@@ -174,10 +174,13 @@ def activation_stats(
     sample (``[C, 1, 1]`` or ``[C]``), from at most ``max_samples`` values a layer too, and
     ``max_channel``, each channel's maximum, in the same shape.
     """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"activation statistics: percentile must be in (0, 100], got {percentile}")
     model = trace(model.eval())  # per call site: a shared module gets one statistic per site
     names = activation_names(model)
     if not names:
-        raise ValueError("model has no activation layers to take statistics from")
+        raise ValueError("model has no ReLU, ReLU6 or lowlat activation to take statistics "
+                         "from; the converter turns only those into IF neurons")
     gen = torch.Generator().manual_seed(seed)
     maxima: dict[str, float] = dict.fromkeys(names, 0.0)
     samples: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -189,6 +192,9 @@ def activation_stats(
     def hook(name):
         def fn(_m, _i, out):
             out = out.detach().float().cpu()
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(f"activation statistics: layer {name!r} output NaN or inf on "
+                                 "the data; check the images (and the model) for NaN/inf")
             flat = out.flatten()
             maxima[name] = max(maxima[name], float(flat.max()))
             if flat.numel() > max_samples // 8:
@@ -216,6 +222,8 @@ def activation_stats(
     finally:
         for h in hooks:
             h.remove()
+    if not samples[names[0]]:
+        raise ValueError("activation statistics: the data gave no batches")
     out: dict[str, dict[str, float | torch.Tensor]] = {}
     for n in names:
         v = torch.cat(samples[n])

@@ -32,9 +32,11 @@ from lowlat.ratebackward import rate_backward
 
 PRECISIONS = ("fp32", "bf16")
 BACKWARDS = ("bptt", "rate", "rate_weights")
+SURROGATES = ("eq15", "scaled")
 # Options added after fine-tuned artifacts existed, each with the value those artifacts were made
 # with: at that value an option stays out of fingerprints, so the older artifacts stay valid.
-ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0, "backward": "bptt"}
+ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0, "backward": "bptt",
+               "surrogate": "eq15"}
 # How the steps are computed, not what they compute (the same gradients up to float rounding, as
 # with another thread count): never in a fingerprint, recorded in the fine-tune's report.
 EXECUTION = ("fused",)
@@ -50,6 +52,8 @@ class FinetuneConfig:
     batch_size: int = 128
     kd: float = 0.5              # weight of the KL term to the teacher (0: labels only)
     gamma: float = 1.0           # triangle surrogate height
+    surrogate: str = "eq15"      # "eq15": height γ for every θ (as LWC); "scaled": γ/θ, the
+    #                              gain through a neuron independent of its θ (neurons.triangle)
     eval_every: int = 250        # validation checks (the best is kept)
     neurons: bool = False        # also learn each IF layer's θ, spike amplitude and v(0)
     precision: str = "fp32"      # "bf16": autocast the convolutions in the training steps
@@ -84,6 +88,9 @@ class FinetuneConfig:
                              "averages would mix bf16 gradients with fp32 inputs), got "
                              f"precision={self.precision!r}: set precision=fp32 or "
                              "backward=bptt")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"finetune.surrogate must be one of {', '.join(SURROGATES)}, "
+                             f"got {self.surrogate!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"finetune.precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -212,6 +219,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             p.requires_grad_(False)
         for m in neurons:
             m.surrogate, m.gamma, m.fused_train = True, cfg.gamma, cfg.fused
+            m.scaled_surrogate = cfg.surrogate == "scaled"
         for it in bar:
             x, y = next(batches)
             snn.train()
@@ -246,7 +254,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
                     best, best_state = acc, copy.deepcopy(snn.state_dict())
     finally:
         for m in neurons:
-            m.surrogate, m.fused_train = False, False
+            m.surrogate, m.fused_train, m.scaled_surrogate = False, False, False
         for p, r in zip(params + fixed, req + req_fixed, strict=True):
             p.requires_grad_(r)
             p.grad = None

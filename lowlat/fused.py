@@ -162,7 +162,8 @@ def _train_fwd(xs: Tensor, v: Tensor, theta: Tensor, shift: Tensor, amp: Tensor,
 
 
 def _train_bwd(gy: Tensor, gv: Tensor, u: Tensor, theta: Tensor, amp: Tensor, gamma: float,
-               need_theta: bool, need_amp: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               need_theta: bool, need_amp: bool, scaled: bool = False,
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """BPTT through the k steps of :func:`_train_fwd`, newest first.
 
     The gradients of ``IFNeuron``'s autograd graph (``TriangleSpike``, reset by subtraction
@@ -177,6 +178,8 @@ def _train_bwd(gy: Tensor, gv: Tensor, u: Tensor, theta: Tensor, amp: Tensor, ga
         ut = u[t]
         s = (ut >= theta).to(ut.dtype)
         sg = gamma * (1.0 - (ut / theta - 1.0).abs()).clamp(min=0.0)
+        if scaled:  # lowlat.neurons.triangle
+            sg = sg / theta
         gsv = (gy[t] * amp - gv * theta) * sg
         if need_theta:
             gth = gth - gsv * ut / theta - s * gv
@@ -205,7 +208,8 @@ class _FusedIFTrain(torch.autograd.Function):
     """One chunk of an IF neuron with the triangle surrogate; flat ``[k, B, N]`` layout."""
 
     @staticmethod
-    def forward(ctx, x3, v, theta, amp, shift, gamma, add_shift):  # type: ignore[override]
+    def forward(ctx, x3, v, theta, amp, shift, gamma, add_shift,  # type: ignore[override]
+                scaled=False):
         fwd, _ = _train_kernels()
         ys, us, vk = [], [], v
         for t0 in range(0, x3.shape[0], BLOCK):
@@ -214,7 +218,7 @@ class _FusedIFTrain(torch.autograd.Function):
             us.append(u)
         u = us[0] if len(us) == 1 else torch.cat(us)
         ctx.save_for_backward(u, theta, amp)
-        ctx.gamma, ctx.v_shape = gamma, v.shape
+        ctx.gamma, ctx.scaled, ctx.v_shape = gamma, scaled, v.shape
         return (ys[0] if len(ys) == 1 else torch.cat(ys)), vk
 
     @staticmethod
@@ -227,7 +231,7 @@ class _FusedIFTrain(torch.autograd.Function):
         k = u.shape[0]
         for t0 in reversed(range(0, k, BLOCK)):
             gx, gv, th, am = bwd(gy[t0:t0 + BLOCK], gv, u[t0:t0 + BLOCK], theta, amp, ctx.gamma,
-                                 need_theta, need_amp)
+                                 need_theta, need_amp, ctx.scaled)
             gxs.append(gx)
             gth = th if gth is None else gth + th
             gam = am if gam is None else gam + am
@@ -235,7 +239,7 @@ class _FusedIFTrain(torch.autograd.Function):
         gx = gxs[0] if len(gxs) == 1 else torch.cat(gxs)
         g_v0 = gv.sum_to_size(ctx.v_shape)
         return (gx, g_v0, gth.sum(0) if need_theta else None,
-                gam.sum(0) if need_amp else None, None, None, None)
+                gam.sum(0) if need_amp else None, None, None, None, None)
 
 
 def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor | None:
@@ -247,7 +251,8 @@ def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> 
     b, sample, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
     try:
         y, v = _FusedIFTrain.apply(x3, v, theta, amp, shift, float(neuron.gamma),
-                                   bool(neuron.shift.any()))
+                                   bool(neuron.shift.any()),
+                                   bool(getattr(neuron, "scaled_surrogate", False)))
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
         return _give_up(e)
     neuron.v = v.view(b, *sample)

@@ -113,13 +113,18 @@ def calibration_pair(start: str, net: nn.Module,
     if START_SOURCE[start] == "qcann":
         return STARTS[start](net), net
     snn = STARTS[start](net, stats=stats)
-    th = stat_thresholds(stats, "percentile_channel")
-    target = fold_bn(net)
+    return snn, clip_target(net, stat_thresholds(stats, "percentile_channel"))
+
+
+def clip_target(ann: nn.Module, thresholds: dict[str, Any]) -> fx.GraphModule:
+    """The ReLU ANN (BN folded) with every ReLU site clipped at its θ: the most a neuron of
+    threshold θ can carry, what a start from the ReLU ANN is calibrated against."""
+    target = fold_bn(ann)
     for name, m in list(target.named_modules()):
         if isinstance(m, nn.ReLU | nn.ReLU6):
-            set_module(target, name, ClipTarget(th[name]))
+            set_module(target, name, ClipTarget(thresholds[name]))
     target.recompile()
-    return snn, target.eval()
+    return target.eval()
 
 
 STARTS: dict[str, Callable[..., fx.GraphModule]] = {

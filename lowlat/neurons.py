@@ -25,25 +25,34 @@ def if_step(v: Tensor, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return s, v - s * theta
 
 
+def triangle(v: Tensor, theta: Tensor, gamma: float, scaled: bool) -> Tensor:
+    """The surrogate ``∂s/∂v``: ``γ·max(0, 1 − |v/θ − 1|)`` (eq. 15 on v/θ, height γ for every
+    θ), or with ``scaled`` that divided by θ (the chain rule of ``H(v/θ − 1)``): then the gain
+    through a spike's value θ·s and through the reset ``v −= θ·s`` is at most γ whatever θ is,
+    while unscaled it is γ·θ, and at θ·γ > 2 the reset path grows the gradient step by step."""
+    sg = gamma * (1.0 - (v / theta - 1.0).abs()).clamp(min=0.0)
+    return sg / theta if scaled else sg
+
+
 class TriangleSpike(torch.autograd.Function):
-    """Heaviside spike with the triangle surrogate ``∂s/∂v ≈ γ·max(0, 1 − |v/θ − 1|)`` (eq. 15)."""
+    """Heaviside spike with the triangle surrogate of :func:`triangle` (eq. 15)."""
 
     @staticmethod
-    def forward(ctx, v: Tensor, theta: Tensor, gamma: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, v: Tensor, theta: Tensor, gamma: float,  # type: ignore[override]
+                scaled: bool = False) -> Tensor:
         ctx.save_for_backward(v, theta)
-        ctx.gamma = gamma
+        ctx.gamma, ctx.scaled = gamma, scaled
         return (v >= theta).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         v, theta = ctx.saved_tensors
-        sg = ctx.gamma * (1.0 - (v / theta - 1.0).abs()).clamp(min=0.0)
-        g_v = grad * sg
+        g_v = grad * triangle(v, theta, ctx.gamma, ctx.scaled)
         g_theta = None
         if ctx.needs_input_grad[1]:  # a trained threshold (finetune): s depends on v/θ, so
             # ∂s/∂θ = ∂s/∂v · (−v/θ), summed over the dimensions θ was broadcast along
             g_theta = (-g_v * v / theta).sum_to_size(theta.shape)
-        return g_v, g_theta, None
+        return g_v, g_theta, None, None
 
 
 class IFNeuron(nn.Module):
@@ -68,6 +77,7 @@ class IFNeuron(nn.Module):
         self.register_buffer("v0", torch.zeros(()))
         self.register_buffer("shift", torch.zeros(()))
         self.gamma = gamma
+        self.scaled_surrogate = False  # the triangle divided by θ (see triangle)
         self.surrogate = False  # use TriangleSpike (for BPTT) instead of a hard threshold
         self.detach_output = False  # cut the graph here (layer-wise calibration)
         self.steps = 1  # time steps in the current chunk
@@ -84,7 +94,8 @@ class IFNeuron(nn.Module):
 
     def _spike(self, v: Tensor) -> Tensor:
         if self.surrogate and torch.is_grad_enabled():
-            return TriangleSpike.apply(v, self.theta, self.gamma)
+            return TriangleSpike.apply(v, self.theta, self.gamma,
+                                       getattr(self, "scaled_surrogate", False))
         return (v >= self.theta).to(v.dtype)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -85,7 +85,7 @@ def run_snn(model: nn.Module, x: Tensor, T: int, chunk: int | None = None,
 
     ``fused``: as in :func:`evaluate_snn` (None keeps each neuron's setting).
     """
-    b = x.shape[0]
+    b, T = x.shape[0], check_steps(T)
     if fused is not None:
         set_fused(model, fused)
     reset_states(model)
@@ -197,9 +197,9 @@ def evaluate_snn(
     enough that the largest neuron tensor of the first batch stays within ``chunk_mb`` MiB
     (same spikes; :func:`auto_chunk`). The chunk used is ``SimStats.chunk``.
     """
-    timesteps = sorted(set(int(t) for t in timesteps))
-    if not timesteps or timesteps[0] < 1:
-        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    timesteps = sorted(set(check_steps(t, "timesteps") for t in timesteps))
+    if not timesteps:
+        raise ValueError("timesteps: give at least one T >= 1")
     model = model.to(device).eval()
     if fused is not None:
         set_fused(model, fused)
@@ -214,9 +214,12 @@ def evaluate_snn(
         res.ops[T] = 0.0
         res.first_ops[T] = 0.0
         res.layer_ops[T] = {}
-    for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    for i, (x, y) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
         x, y = transform(x.to(device)), y.to(device)
         b = x.shape[0]
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"evaluate_snn: batch {i} holds NaN or inf inputs; an IF neuron "
+                             "never fires on NaN, so its accuracy would be silently wrong")
         if plan is None:  # from the first (largest) batch; CUDA's caching allocator reuses
             probe = chunk_mb is not None and max_chunk > 1 and x.device.type == "cpu"
             res.chunk = auto_chunk(neuron_step_bytes(model, x) if probe else 0, max_chunk,
@@ -236,6 +239,8 @@ def evaluate_snn(
             s = y_out.sum(0) if y_out.shape[0] == k else y_out[0] * k  # [B, classes]
             acc_out = s if acc_out is None else acc_out + s
             t += k
+            if acc_out is s:
+                _check_labels(y, s.shape[1], i)
             if t in res.correct:
                 res.correct[t] += int((acc_out.argmax(1) == y).sum())
                 if stats:
@@ -257,7 +262,27 @@ def evaluate_snn(
         res.n += b
     if counter is not None:
         counter.remove()
+    if res.n == 0:
+        raise ValueError("evaluate_snn: the data gave no batches")
     return res
+
+
+def check_steps(T, key: str = "T") -> int:
+    """``T`` as an int >= 1; a float such as 2.5 or a bool is refused, not truncated."""
+    if isinstance(T, bool) or not isinstance(T, int | float | Tensor) or T != int(T) or T < 1:
+        raise ValueError(f"{key}: time steps must be whole numbers >= 1, got {T!r}")
+    return int(T)
+
+
+def _check_labels(y: Tensor, classes: int, i: int) -> None:
+    """Class indices in [0, classes): a label the network cannot output would count as wrong."""
+    if y.dim() != 1 or y.dtype.is_floating_point:
+        raise ValueError(f"evaluate_snn: batch {i}'s labels must be class indices [B], got "
+                         f"{tuple(y.shape)} {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes:
+        raise ValueError(f"evaluate_snn: batch {i} has label {hi if hi >= classes else lo}, "
+                         f"outside the network's {classes} classes (0 to {classes - 1})")
 
 
 def model_without_state(model: nn.Module) -> nn.Module:

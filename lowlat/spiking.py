@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from lowlat.neurons import configure, reset_states, spiking_layers
-from lowlat.simulate import op_counter, run_snn
+from lowlat.simulate import check_steps, op_counter, run_snn
 
 
 def normalizer(mean: Any = None, std: Any = None) -> Callable[[Tensor], Tensor]:
@@ -37,7 +37,7 @@ class SpikingNetwork(nn.Module):
     def __init__(self, net: fx.GraphModule, T: int, mean=None, std=None,
                  method: str = "") -> None:
         super().__init__()
-        self.net, self.T, self.method = net, int(T), method
+        self.net, self.T, self.method = net, check_steps(T), method
         self.mean = None if mean is None else [float(v) for v in torch.as_tensor(mean).flatten()]
         self.std = None if std is None else [float(v) for v in torch.as_tensor(std).flatten()]
         self.normalize = normalizer(self.mean, self.std)
@@ -46,7 +46,7 @@ class SpikingNetwork(nn.Module):
     def run(self, x: Tensor, T: int | None = None, chunk: int | None = None) -> Tensor:
         """``[T, B, classes]`` from a fresh state; ``chunk`` steps per call (default all)."""
         self._batch = None
-        return run_snn(self.net, self.normalize(x), T or self.T, chunk)
+        return run_snn(self.net, self.normalize(x), self.T if T is None else T, chunk)
 
     def forward(self, x: Tensor, T: int | None = None) -> Tensor:
         return self.run(x, T).mean(0)
@@ -72,7 +72,7 @@ class SpikingNetwork(nn.Module):
     @torch.no_grad()
     def record(self, x: Tensor, T: int | None = None) -> Recording:
         """Run T steps and return per-layer spike counts, v(T) and synaptic operations."""
-        T = T or self.T
+        T = self.T if T is None else check_steps(T)
         xs = self.normalize(x)
         counter = op_counter(self.net, xs)
         counter.steps, counter.batch = T, x.shape[0]

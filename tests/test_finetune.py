@@ -229,7 +229,8 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
-@pytest.mark.parametrize("key", ["precision", "warmup", "seed", "frozen", "backward"])
+@pytest.mark.parametrize("key", ["precision", "warmup", "seed", "frozen", "backward",
+                                 "surrogate"])
 def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     """Artifacts fine-tuned before an option existed stay up to date; a change is seen."""
     from omegaconf import open_dict
@@ -241,7 +242,8 @@ def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now
     with open_dict(ctx.cfg):
         ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2, "seed": 1,
-                                        "frozen": 2, "backward": "rate"}[key]
+                                        "frozen": 2, "backward": "rate",
+                                        "surrogate": "scaled"}[key]
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") != now
 
 
@@ -321,7 +323,7 @@ def test_warmup_rises_linearly_then_follows_the_cosine():
                                      ("warmup", -1), ("warmup", 10**6), ("seed", -1),
                                      ("seed", "'a'"), ("frozen", -1), ("frozen", 1.5),
                                      ("frozen", "'a'"), ("frozen", "true"),
-                                     ("backward", "sgd")])
+                                     ("backward", "sgd"), ("surrogate", "fast")])
 def test_bad_finetune_settings_are_refused_by_name(key, val):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tiny", f"phase2.finetune.{key}={val}"])
@@ -334,3 +336,35 @@ def test_options_added_later_are_recorded_with_their_defaults():
 
     for key, default in ADDED_LATER.items():
         assert getattr(FinetuneConfig(), key) == default, key
+
+
+def _if_grad(c: float, surrogate: str) -> torch.Tensor:
+    """d loss / d x through one IF layer over 4 steps (time-varying input), with θ, amplitude
+    and input all scaled by ``c`` and the loss divided by it: the spikes and the loss are the
+    same for every c."""
+    from lowlat.neurons import IFNeuron, configure, reset_states
+
+    g = torch.Generator().manual_seed(0)
+    n = IFNeuron(torch.full((6,), 1.0) * c)
+    n.surrogate, n.scaled_surrogate = True, surrogate == "scaled"
+    x = (torch.rand(4 * 8, 6, generator=g) * 2.0 * c).requires_grad_()
+    w = torch.randn(4 * 8, 6, generator=g)
+    reset_states(n)
+    configure(n, steps=4, batch=8)
+    ((n(x) * w).sum() / c).backward()
+    return x.grad
+
+
+def test_the_scaled_surrogate_is_invariant_to_the_threshold_scale():
+    """A network whose thresholds (and inputs) are c times larger spikes the same; with the
+    scaled triangle its gradients are the exact 1/c of the unit network's, as the chain rule
+    of y(x) = c·y₁(x/c) says. The printed triangle (eq. 15 on v/θ) gives c times that: the
+    gain through each neuron and its reset grows with θ (at θ·γ > 2 the reset path amplifies
+    the gradient from step to step, which is why fine-tunes of large-θ networks diverged)."""
+    g1, g4 = _if_grad(1.0, "scaled"), _if_grad(4.0, "scaled")
+    assert g1.abs().sum() > 0
+    torch.testing.assert_close(g4, g1 / 4, rtol=1e-4, atol=1e-6)
+    e1, e4 = _if_grad(1.0, "eq15"), _if_grad(4.0, "eq15")
+    torch.testing.assert_close(e1, g1)  # at θ = 1 the two are one
+    assert e4.abs().max() > 4 * g4.abs().max()  # the printed one's gradient grows with θ
+

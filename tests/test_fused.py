@@ -83,13 +83,15 @@ def test_fused_network_bit_identical():
     assert acc[0].spikes == acc[1].spikes and acc[0].rmpe == acc[1].rmpe
 
 
-def _train_case(fused_flag: bool, static: bool, plan: list[int], neurons: bool):
+def _train_case(fused_flag: bool, static: bool, plan: list[int], neurons: bool,
+                scaled: bool = False):
     """One IF layer under BPTT (surrogate on), fed chunk by chunk; its outputs and gradients."""
     g = torch.Generator().manual_seed(1)
     T, b, c = sum(plan), 4, 3
     n = IFNeuron(theta=torch.tensor([1.0, 0.5, 2.0]).view(c, 1, 1))
     n.v0, n.shift = torch.rand(c, 4, 4, generator=g) * 0.5, torch.full((c, 1, 1), 0.0625)
     n.surrogate, n.fused_train, n.gamma = True, fused_flag, 0.8
+    n.scaled_surrogate = scaled  # finetune(surrogate="scaled"): the triangle divided by θ
     if neurons:  # finetune(neurons=True): θ, amplitude and v(0) learn
         for p in (n.theta, n.amplitude, n.v0):
             p.requires_grad_(True)
@@ -107,14 +109,15 @@ def _train_case(fused_flag: bool, static: bool, plan: list[int], neurons: bool):
     return y.detach(), grads
 
 
-@pytest.mark.parametrize("static,plan,neurons", [
-    (False, [2, 3], True),
-    (True, [3], False),  # constant input: its gradient sums the steps
-    pytest.param(False, [20], True, marks=SLOW),  # longer than fused.BLOCK
+@pytest.mark.parametrize("static,plan,neurons,scaled", [
+    (False, [2, 3], True, False),
+    (False, [2, 3], True, True),
+    (True, [3], False, False),  # constant input: its gradient sums the steps
+    pytest.param(False, [20], True, False, marks=SLOW),  # longer than fused.BLOCK
 ])
-def test_fused_training_kernels_give_the_plain_graphs_gradients(static, plan, neurons):
-    y0, g0 = _train_case(False, static, plan, neurons)
-    y1, g1 = _train_case(True, static, plan, neurons)
+def test_fused_training_kernels_give_the_plain_graphs_gradients(static, plan, neurons, scaled):
+    y0, g0 = _train_case(False, static, plan, neurons, scaled)
+    y1, g1 = _train_case(True, static, plan, neurons, scaled)
     assert fused._train_state["bwd"] is not None and not fused._state["failed"]
     assert torch.equal(y0, y1) and y0.sum() > 0  # the same spikes
     for a, f in zip(g0, g1, strict=True):  # the same gradients up to float rounding

@@ -164,7 +164,8 @@ def validate(cfg: DictConfig) -> None:
                           f"layers kept as calibrated), got {frozen!r}")
     try:  # the fine-tune's own checks (backward, and what it cannot run with), named as keys
         FinetuneConfig(backward=str(ft.get("backward", "bptt")),
-                       precision=str(ft.get("precision", "fp32")), frozen=frozen)
+                       precision=str(ft.get("precision", "fp32")), frozen=frozen,
+                       surrogate=str(ft.get("surrogate", "eq15")))
     except ValueError as e:
         raise ConfigError(f"phase2.{e}") from None
     if frozen:

@@ -69,7 +69,8 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
                           precision=str(f.get("precision", FinetuneConfig.precision)),
                           fused=bool(f.get("fused", FinetuneConfig.fused)),
                           frozen=int(f.get("frozen", FinetuneConfig.frozen)),
-                          backward=str(f.get("backward", FinetuneConfig.backward)))
+                          backward=str(f.get("backward", FinetuneConfig.backward)),
+                          surrogate=str(f.get("surrogate", FinetuneConfig.surrogate)))
 
 
 def _finetunes(ctx: Context, method: str) -> bool:
