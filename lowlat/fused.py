@@ -163,17 +163,17 @@ def _train_fwd(xs: Tensor, v: Tensor, theta: Tensor, shift: Tensor, amp: Tensor,
 
 def _train_bwd(gy: Tensor, gv: Tensor, u: Tensor, theta: Tensor, amp: Tensor, gamma: float,
                need_theta: bool, need_amp: bool, scaled: bool = False,
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """BPTT through the k steps of :func:`_train_fwd`, newest first.
 
     The gradients of ``IFNeuron``'s autograd graph (``TriangleSpike``, reset by subtraction
     through the spike, amplitude): per step ``g_s = g_y·a − g_v·θ``, ``g_u = g_v + g_s·sg(u)``,
     ``g_θ += −g_s·sg(u)·u/θ − s·g_v``, ``g_a += g_y·s``. Returns ``(g_x [k, B, N], g_v(0),
-    g_θ, g_a)`` with ``g_θ``, ``g_a`` per element ``[B, N]`` (zeros when not needed).
+    g_θ, g_a)`` with ``g_θ``, ``g_a`` per element ``[B, N]`` (None when not needed).
     """
     gxs = []
-    gth = torch.zeros_like(gv)
-    gam = torch.zeros_like(gv)
+    gth = torch.zeros_like(gv) if need_theta else None
+    gam = torch.zeros_like(gv) if need_amp else None
     for t in range(u.shape[0] - 1, -1, -1):
         ut = u[t]
         s = (ut >= theta).to(ut.dtype)
@@ -181,9 +181,9 @@ def _train_bwd(gy: Tensor, gv: Tensor, u: Tensor, theta: Tensor, amp: Tensor, ga
         if scaled:  # lowlat.neurons.triangle
             sg = sg / theta
         gsv = (gy[t] * amp - gv * theta) * sg
-        if need_theta:
+        if gth is not None:
             gth = gth - gsv * ut / theta - s * gv
-        if need_amp:
+        if gam is not None:
             gam = gam + gy[t] * s
         gv = gv + gsv
         gxs.append(gv)
@@ -233,8 +233,10 @@ class _FusedIFTrain(torch.autograd.Function):
             gx, gv, th, am = bwd(gy[t0:t0 + BLOCK], gv, u[t0:t0 + BLOCK], theta, amp, ctx.gamma,
                                  need_theta, need_amp, ctx.scaled)
             gxs.append(gx)
-            gth = th if gth is None else gth + th
-            gam = am if gam is None else gam + am
+            if need_theta:
+                gth = th if gth is None else gth + th
+            if need_amp:
+                gam = am if gam is None else gam + am
         gxs.reverse()
         gx = gxs[0] if len(gxs) == 1 else torch.cat(gxs)
         g_v0 = gv.sum_to_size(ctx.v_shape)
