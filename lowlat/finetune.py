@@ -34,7 +34,8 @@ PRECISIONS = ("fp32", "bf16")
 BACKWARDS = ("bptt", "rate", "rate_weights")
 SURROGATES = ("eq15", "scaled")
 # Options added after fine-tuned artifacts existed, each with the value those artifacts were made
-# with: at that value an option stays out of fingerprints, so the older artifacts stay valid.
+# with: at that value an option stays out of fingerprints, so the older artifacts stay valid
+# (surrogate's default has since moved to "scaled": those artifacts are valid with "eq15").
 ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0, "backward": "bptt",
                "surrogate": "eq15"}
 # How the steps are computed, not what they compute (the same gradients up to float rounding, as
@@ -52,8 +53,9 @@ class FinetuneConfig:
     batch_size: int = 128
     kd: float = 0.5              # weight of the KL term to the teacher (0: labels only)
     gamma: float = 1.0           # triangle surrogate height
-    surrogate: str = "eq15"      # "eq15": height γ for every θ (as LWC); "scaled": γ/θ, the
-    #                              gain through a neuron independent of its θ (neurons.triangle)
+    surrogate: str = "scaled"    # "scaled": γ/θ, the gain through a neuron independent of its
+    #                              θ (neurons.triangle); "eq15": height γ for every θ, as LWC
+    #                              and every fine-tune before the option (diverges at large θ)
     eval_every: int = 250        # validation checks (the best is kept)
     neurons: bool = False        # also learn each IF layer's θ, spike amplitude and v(0)
     precision: str = "fp32"      # "bf16": autocast the convolutions in the training steps

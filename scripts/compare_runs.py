@@ -81,6 +81,7 @@ def _label(c: dict) -> str:
             parts.append(f"first {ft['frozen']} layers frozen")
         if ft.get("backward", "bptt") != "bptt":  # recorded only when set
             parts.append(f"{ft['backward']} backward")
+        parts.append(f"surrogate {ft.get('surrogate', 'eq15')}")  # absent: made before scaled
     return f"{Path(c['run']).name} ({', '.join(parts)})"
 
 

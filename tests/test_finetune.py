@@ -229,8 +229,7 @@ def test_stage_phase2_fine_tunes_and_eval_reads_it(tiny_run, tmp_path):
     assert {r["method"] for r in res["rows"]} == {"lowlat-lmpc", "lowlat-ft"}
 
 
-@pytest.mark.parametrize("key", ["precision", "warmup", "seed", "frozen", "backward",
-                                 "surrogate"])
+@pytest.mark.parametrize("key", ["precision", "warmup", "seed", "frozen", "backward"])
 def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     """Artifacts fine-tuned before an option existed stay up to date; a change is seen."""
     from omegaconf import open_dict
@@ -242,8 +241,7 @@ def test_options_at_their_default_leave_older_fingerprints(tmp_path, key):
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") == now
     with open_dict(ctx.cfg):
         ctx.cfg.phase2.finetune[key] = {"precision": "bf16", "warmup": 2, "seed": 1,
-                                        "frozen": 2, "backward": "rate",
-                                        "surrogate": "scaled"}[key]
+                                        "frozen": 2, "backward": "rate"}[key]
     assert phase2.artifact_fp(ctx, "lowlat-ft", 2, "src", teacher_fp="t") != now
 
 
@@ -334,8 +332,11 @@ def test_bad_finetune_settings_are_refused_by_name(key, val):
 def test_options_added_later_are_recorded_with_their_defaults():
     from lowlat.finetune import ADDED_LATER
 
+    moved = {"surrogate"}  # defaults changed since, on validation evidence (README, lever 8)
     for key, default in ADDED_LATER.items():
-        assert getattr(FinetuneConfig(), key) == default, key
+        assert (getattr(FinetuneConfig(), key) == default) != (key in moved), key
+    assert "surrogate" not in FinetuneConfig(surrogate="eq15").fingerprint()
+    assert FinetuneConfig().fingerprint()["surrogate"] == "scaled"
 
 
 def _if_grad(c: float, surrogate: str) -> torch.Tensor:
@@ -368,3 +369,14 @@ def test_the_scaled_surrogate_is_invariant_to_the_threshold_scale():
     torch.testing.assert_close(e1, g1)  # at θ = 1 the two are one
     assert e4.abs().max() > 4 * g4.abs().max()  # the printed one's gradient grows with θ
 
+
+
+def test_artifacts_fine_tuned_before_the_surrogate_option_are_valid_only_with_eq15(tmp_path):
+    """Their fingerprint has no surrogate key: the same as a config that says eq15 (what they
+    were made with); under the new default (scaled) they are stale and are made again."""
+    eq15 = _ctx(tmp_path, *FT, "phase2.finetune.surrogate=eq15")
+    default = _ctx(tmp_path / "d", *FT)
+    assert default.cfg.phase2.finetune.surrogate == "scaled"
+    assert "surrogate" not in phase2.finetune_config(eq15).fingerprint()
+    assert phase2.artifact_fp(eq15, "lowlat-ft", 2, "s", teacher_fp="t") != phase2.artifact_fp(
+        default, "lowlat-ft", 2, "s", teacher_fp="t")

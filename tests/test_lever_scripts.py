@@ -110,6 +110,9 @@ def test_compare_runs_heads_a_column_with_its_fine_tune_settings():
     for part in ("LMPC ×1", "fine-tune 600 it", "lr 0.001", "neurons", "warm-up 100",
                  "fine-tune seed 1", "compiled neurons"):
         assert part in label
+    assert "surrogate eq15" in label  # recorded only when not eq15 (made before the option)
+    col["finetune"]["surrogate"] = "scaled"
+    assert "surrogate scaled" in compare_runs._label(col)
     del col["finetune"]["warmup"]
     col["finetune"]["fused"] = False
     assert "warm-up" not in compare_runs._label(col)

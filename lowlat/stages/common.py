@@ -165,7 +165,7 @@ def validate(cfg: DictConfig) -> None:
     try:  # the fine-tune's own checks (backward, and what it cannot run with), named as keys
         FinetuneConfig(backward=str(ft.get("backward", "bptt")),
                        precision=str(ft.get("precision", "fp32")), frozen=frozen,
-                       surrogate=str(ft.get("surrogate", "eq15")))
+                       surrogate=str(ft.get("surrogate", FinetuneConfig.surrogate)))
     except ValueError as e:
         raise ConfigError(f"phase2.{e}") from None
     if frozen:
