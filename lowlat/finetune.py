@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ from lowlat.head import distill_kl
 from lowlat.neurons import configure, reset_states, spiking_layers
 from lowlat.ratebackward import rate_backward
 
+log = logging.getLogger("lowlat")
 PRECISIONS = ("fp32", "bf16")
 BACKWARDS = ("bptt", "rate", "rate_weights")
 SURROGATES = ("eq15", "scaled")
@@ -263,9 +265,17 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
         snn.eval()
         reset_states(snn)
     snn.load_state_dict(best_state)
+    first = sum(losses[:20]) / max(1, len(losses[:20]))
+    last = sum(losses[-20:]) / max(1, len(losses[-20:]))
+    diverged = len(losses) >= 40 and last > 1.5 * first and best == start
+    if diverged:  # the start was kept, so the artifact is sound, but the steps were wasted
+        log.warning("finetune T=%d: the training loss rose from %.4g to %.4g and no check beat "
+                    "the start (%.4f, kept): the fine-tune diverged; try surrogate=scaled (if "
+                    "eq15) or a lower lr", T, first, last, start)
     return {"layer": "finetune", "ft_val_start": start, "ft_val_best": best,
+            "ft_diverged": diverged,
             "ft_best_iteration": min(i for i, a in curve.items() if a == best),
             "ft_val_curve": {str(k): v for k, v in curve.items()},
             "ft_fused": bool(cfg.fused and fused.available()),
             "ft_loss_first": losses[0] if losses else float("nan"),
-            "ft_loss_last": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+            "ft_loss_last": last}

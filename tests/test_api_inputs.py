@@ -192,6 +192,7 @@ def test_fine_tune_snn_learns_where_the_printed_surrogate_diverges():
     assert sc["ft_loss_last"] < sc["ft_loss_first"], sc  # it learns
     assert eq["ft_loss_last"] > 10 * sc["ft_loss_last"], (sc, eq)
     assert eq["ft_val_curve"]["120"] < eq["ft_val_start"] - 0.03, eq  # it fell
+    assert eq["ft_diverged"] and not sc["ft_diverged"]  # said, not hidden by the kept start
     assert sc["ft_val_curve"]["120"] > eq["ft_val_curve"]["120"] + 0.03, (sc, eq)
     with pytest.raises(ValueError, match="teacher"):
         api.fine_tune_snn(start, DataLoader(tr, batch_size=64), val)
