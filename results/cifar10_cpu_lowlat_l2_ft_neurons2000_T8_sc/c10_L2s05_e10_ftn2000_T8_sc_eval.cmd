@@ -1,0 +1,1 @@
+stage=eval experiment=cifar10_cpu experiment_name=c10_L2s05_e10_ftn2000_T8_sc phase1.levels=2 phase1.shift=0.5 phase1.epochs=10 phase2.lwc.iterations=20 phase2.methods=[lowlat-ft] eval.methods=[lowlat-ft] phase2.timesteps=[8] phase2.finetune.neurons=true phase2.finetune.iterations=2000 eval.timesteps=[8] phase2.finetune.surrogate=scaled
