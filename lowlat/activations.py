@@ -46,14 +46,15 @@ class QCActivation(nn.Module):
         min_lambda: float = 1e-3,
     ) -> None:
         super().__init__()
-        if int(levels) < 1:
-            raise ValueError(f"QCActivation: levels (L) must be >= 1, got {levels}")
+        if isinstance(levels, bool) or levels != int(levels) or levels < 1:
+            raise ValueError(f"QCActivation: levels must be a whole number >= 1 (L), got {levels}")
         if not 0.0 <= float(shift) <= 1.0:
-            raise ValueError(f"QCActivation: shift (s) must be in [0, 1] (0: the paper's floor, "
+            raise ValueError(f"QCActivation: shift must be in [0, 1] (s; 0: the paper's floor, "
                              f"0.5: QCFS's rounding), got {shift}")
         lam = torch.as_tensor(init_lambda, dtype=torch.float32).detach().clone()
         if not bool(torch.isfinite(lam).all()) or bool((lam <= 0).any()):
-            raise ValueError(f"QCActivation: init_lambda must be finite and > 0, got {lam}")
+            raise ValueError(f"QCActivation: init_lambda (λ, a numeric init) must be finite "
+                             f"and > 0, got {lam}")
         self.levels = int(levels)
         self.shift = float(shift)
         self.min_lambda = float(min_lambda)

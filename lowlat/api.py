@@ -13,7 +13,6 @@ which case the :class:`SpikingNetwork` normalises its raw input (and records it 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,12 +88,8 @@ def prepare(
     """
     if pool not in ("keep", "avg"):
         raise ValueError(f"prepare: pool must be 'keep' or 'avg', got {pool!r}")
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"prepare: levels must be an int >= 1, got {levels!r}")
-    if not 0.0 <= shift <= 1.0:
-        raise ValueError(f"prepare: shift must be in [0, 1] (0: the paper, 0.5: QCFS), got {shift}")
-    if isinstance(init, int | float) and not (math.isfinite(init) and init > 0):
-        raise ValueError(f"prepare: a numeric init sets λ and must be finite and > 0, got {init}")
+    numeric = isinstance(init, int | float)
+    QCActivation(levels, shift, init_lambda=init if numeric else 1.0)  # its checks, before work
     model = replace_max_pooling(model) if pool == "avg" else model
     check_convertible(fold_bn(model))
     sites = activation_sites(model)
@@ -102,7 +97,7 @@ def prepare(
         raise ValueError("prepare: the model has no ReLU or ReLU6 (module or F.relu/F.relu6) to "
                          "turn into a QC activation; only those become IF neurons")
     stats = None
-    if not isinstance(init, int | float):
+    if not numeric:
         if init not in ("percentile", "max"):
             raise ValueError(f"prepare: init must be 'percentile', 'max' or a number, got {init!r}")
         if data is None:
@@ -258,14 +253,9 @@ def fine_tune_snn(snn: SpikingNetwork, train: Iterable, val: Iterable, *,
         raise ValueError(f"fine_tune_snn: kd={cfg.kd} distils from a teacher: pass "
                          "teacher=<your ReLU ANN> or set kd=0 (labels only)")
 
-    def validate(net: nn.Module) -> float:
-        reset_states(net)
-        st = evaluate_snn(net, val, [snn.T], transform=snn.normalize, stats=False,
-                          progress=False)
-        return st.accuracy()[snn.T]
-
     snn._batch = None
-    rep = finetune(snn.net, _cycle(train, snn.normalize), snn.T, cfg, validate,
+    rep = finetune(snn.net, _cycle(train, snn.normalize), snn.T, cfg,
+                   lambda _net: evaluate(snn, val)[snn.T],  # _net is snn.net
                    teacher=teacher.eval() if teacher is not None and cfg.kd > 0 else None,
                    seed=seed, progress=progress)
     reset_states(snn.net)

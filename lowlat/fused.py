@@ -254,7 +254,7 @@ def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> 
     try:
         y, v = _FusedIFTrain.apply(x3, v, theta, amp, shift, float(neuron.gamma),
                                    bool(neuron.shift.any()),
-                                   bool(getattr(neuron, "scaled_surrogate", False)))
+                                   bool(neuron.scaled_surrogate))
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
         return _give_up(e)
     neuron.v = v.view(b, *sample)

@@ -94,8 +94,7 @@ class IFNeuron(nn.Module):
 
     def _spike(self, v: Tensor) -> Tensor:
         if self.surrogate and torch.is_grad_enabled():
-            return TriangleSpike.apply(v, self.theta, self.gamma,
-                                       getattr(self, "scaled_surrogate", False))
+            return TriangleSpike.apply(v, self.theta, self.gamma, self.scaled_surrogate)
         return (v >= self.theta).to(v.dtype)
 
     def forward(self, x: Tensor) -> Tensor:

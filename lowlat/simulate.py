@@ -239,7 +239,7 @@ def evaluate_snn(
             s = y_out.sum(0) if y_out.shape[0] == k else y_out[0] * k  # [B, classes]
             acc_out = s if acc_out is None else acc_out + s
             t += k
-            if acc_out is s:
+            if acc_out is s:  # a batch's first chunk: the class count is known from here
                 _check_labels(y, s.shape[1], i)
             if t in res.correct:
                 res.correct[t] += int((acc_out.argmax(1) == y).sum())
