@@ -33,7 +33,10 @@ def test_artifacts_reload_and_reproduce(tiny_run):
     art = load_artifact(tiny_run / "snn_T2_lowlat.pt", "snn")
     v0 = [m.v0 for m in load_snn(art).modules() if hasattr(m, "v0")]
     per_channel = art["recipe"]["granularity"] == "channel"  # as phase2.lowlat configured it
-    assert all(v.dim() == 3 and (v.shape[1:] == (1, 1)) == per_channel for v in v0[:-1])
+    # a layer whose first correction did not lower its rate error keeps its scalar start v(0)
+    corrected = [v for v in v0[:-1] if v.dim() > 0]
+    assert corrected and all(v.dim() == 3 and (v.shape[1:] == (1, 1)) == per_channel
+                             for v in corrected)
     paper = load_snn(load_artifact(tiny_run / "snn_T2_lmpc.pt", "snn"))
     v0 = [m.v0 for m in paper.modules() if hasattr(m, "v0")]
     assert all(v.dim() == 3 and v.shape[1:] != (1, 1) for v in v0[:-1])  # eq. 13 per neuron
@@ -211,8 +214,8 @@ def test_channelnorm_start_and_validation_accept(tiny_run, tmp_path):
     m = art["metrics"]
     assert art["act"]["name"] == "relu" and art["recipe"]["start"] == "channelnorm"
     assert art["upstream"] == load_artifact(run / "ann.pt")["fingerprint"]
-    assert m["val_top1"] == max(m["val_top1_without_lwc"], m["val_top1"])
-    assert m["lwc_kept"] == (m["val_top1_without_lwc"] <= m["val_top1"])
+    assert m["lwc_kept"] == (m["val_top1_without_lwc"] <= m["val_top1_with_lwc"])
+    assert m["val_top1"] == max(m["val_top1_without_lwc"], m["val_top1_with_lwc"])
     thetas = [x.theta for x in load_snn(art).modules() if hasattr(x, "theta")]
     assert all(t.numel() > 1 for t in thetas)  # per-channel thresholds survived the reload
     r = run_cli("stage=eval", "experiment=tiny", f"paths.root_dir={root}",

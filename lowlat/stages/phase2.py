@@ -216,7 +216,8 @@ def run_phase2(ctx: Context) -> dict:
             if cc.lmpc or cc.head != "none":
                 calibrate(alt, target, xs, replace(cc, lwc=False), progress=False)
             alt_top1, _ = val_acc(alt, f"{method} without LWC")
-            metrics.update(lwc_kept=alt_top1 <= val_top1, val_top1_without_lwc=alt_top1)
+            metrics.update(lwc_kept=alt_top1 <= val_top1, val_top1_without_lwc=alt_top1,
+                           val_top1_with_lwc=val_top1)
             if alt_top1 > val_top1:
                 log.info("phase2 %s T=%d: LWC lowered validation top-1 (%.4f -> %.4f): "
                          "discarded", method, T, alt_top1, val_top1)
