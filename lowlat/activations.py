@@ -128,5 +128,13 @@ def make_act_layer(name: str, **kwargs) -> ActFactory:
     raise ValueError(f"unknown activation {name!r}; valid: relu, qc, ratenorm")
 
 
-# ReLU6 is clip-linear: a QC activation (λ <= 6) or an IF neuron (θ <= 6) represents it.
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, QCActivation, RateNorm)
+# A clip-ReLU min(max(x, 0), c) (nn.Hardtanh(0, c), ReLU6 = Hardtanh(0, 6)) is clip-linear: a QC
+# activation (λ <= c) or an IF neuron (θ <= c) represents it. A Hardtanh whose floor is not 0 is
+# not a ReLU and is refused by lowlat.graph.trace.
+RELUS = (nn.ReLU, nn.Hardtanh)
+ACTIVATIONS = (*RELUS, QCActivation, RateNorm)
+
+
+def relu_cap(m: nn.Module) -> float:
+    """The ceiling a ReLU-like site clips at (inf for a plain ReLU, c for Hardtanh(0, c))."""
+    return float(m.max_val) if isinstance(m, nn.Hardtanh) else float("inf")

@@ -1,9 +1,9 @@
 """Bring your own model: the whole conversion path as plain Python calls, no Hydra.
 
-``prepare`` (QC activations at every ReLU/ReLU6/``F.relu`` call site, λ from activation statistics,
-optionally max→average pooling) → ``fine_tune`` (Lightning, or the user's own loop) → ``convert``
-→ ``calibrate`` (LMPC + LWC) → ``evaluate`` → ``save_snn`` / ``load_snn``. :class:`Converter` does
-prepare + convert + calibrate in one call, in the spirit of SpikingJelly's
+``prepare`` (QC activations at every ReLU/clip-ReLU/``F.relu`` call site, λ from activation
+statistics, optionally max→average pooling) → ``fine_tune`` (Lightning, or the user's own loop)
+→ ``convert`` → ``calibrate`` (LMPC + LWC) → ``evaluate`` → ``save_snn`` / ``load_snn``.
+:class:`Converter` does prepare + convert + calibrate in one call, in the spirit of SpikingJelly's
 ``Converter(dataloader, mode=...)(model)``.
 
 Data arguments take a tensor of images, or any iterable (a ``DataLoader``) of ``(x, y)`` batches
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lowlat.activations import QCActivation, RateNorm
+from lowlat.activations import QCActivation, RateNorm, relu_cap
 from lowlat.artifacts import fingerprint, import_factory, load_artifact, save_artifact
 from lowlat.calibrate import CalibConfig
 from lowlat.calibrate import calibrate as _calibrate
@@ -79,9 +79,10 @@ def prepare(
     pool: str = "keep", init: str | float = "percentile", percentile: float = 99.9,
     max_batches: int | None = None, mean=None, std=None,
 ) -> nn.Module:
-    """The QC-ANN of ``model`` (a copy): every ReLU/ReLU6 call site becomes a
+    """The QC-ANN of ``model`` (a copy): every ReLU or clip-ReLU call site becomes a
     :class:`QCActivation` with λ from its activation statistics on ``data`` (``init`` =
-    ``percentile`` or ``max``; a number sets λ directly). ReLU6 caps λ at 6 (it clips there).
+    ``percentile`` or ``max``; a number sets λ directly). A clip-ReLU (ReLU6, Hardtanh(0, c),
+    ``clamp(x, 0, c)``) caps λ at its ceiling.
     ``pool='avg'`` first replaces max pooling by average pooling of the same window.
     A model the converter would refuse (an unsupported layer or op, max pooling kept) is refused
     here, before statistics or fine-tuning are spent on it.
@@ -94,7 +95,8 @@ def prepare(
     check_convertible(fold_bn(model))
     sites = activation_sites(model)
     if not sites:
-        raise ValueError("prepare: the model has no ReLU or ReLU6 (module or F.relu/F.relu6) to "
+        raise ValueError("prepare: the model has no ReLU or clip-ReLU (ReLU6, Hardtanh(0, c), "
+                         "F.relu, clamp(min=0)) to "
                          "turn into a QC activation; only those become IF neurons")
     stats = None
     if not numeric:
@@ -109,8 +111,7 @@ def prepare(
 
     def make(name: str) -> QCActivation:
         lam = float(init) if stats is None else stats[name][init]
-        if isinstance(sites[name], nn.ReLU6):
-            lam = min(lam, 6.0)
+        lam = min(lam, relu_cap(sites[name]))  # a clip-ReLU's λ stays at or under its ceiling
         return QCActivation(levels, shift, init_lambda=max(lam, 1e-3))
 
     return swap_activations(model, make)

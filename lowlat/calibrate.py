@@ -136,8 +136,8 @@ def lmpc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ba
         err, mse = _measure(snn, ann, name, xs, T, batch, formula, max_chunk)
         if i == 0 and report is not None:
             report["mse_start"] = mse
-        if granularity == "channel" and err.dim() == 3:
-            err = err.mean(dim=(1, 2), keepdim=True)  # [C, H, W] -> [C, 1, 1]
+        if granularity == "channel" and err.dim() >= 2:  # [C, ...] -> [C, 1, ...], any rank
+            err = err.mean(dim=tuple(range(1, err.dim())), keepdim=True)
         bias = float(err.abs().sum())
         if bias >= best_bias:
             break  # the last correction did not help: keep the best v(0)
@@ -183,7 +183,9 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
         for p in snn.parameters():
             p.requires_grad_(True)
             p.grad = None
-        snn_rate(snn, name, xs[:2], T, max_chunk).sum().backward()
+        probe = snn_rate(snn, name, xs[:2], T, max_chunk)
+        if probe.requires_grad:  # False where an activation follows another: no weights between
+            probe.sum().backward()
         params = [p for p in snn.parameters() if p.grad is not None]
         for p in snn.parameters():
             p.grad = None

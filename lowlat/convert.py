@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from lowlat.activations import ACTIVATIONS, QCActivation, RateNorm
+from lowlat.activations import ACTIVATIONS, RELUS, QCActivation, RateNorm, relu_cap
 from lowlat.graph import (
     MAX_POOLS,
     ConversionError,
@@ -49,8 +49,8 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
             log.warning("BatchNorm %s does not follow a conv/linear; left unfolded", node.target)
             continue
         layer, bn = modules[prev.target], modules[node.target]
-        if isinstance(layer, nn.Conv2d | nn.Conv1d):
-            fused = fuse_conv_bn_eval(layer, bn)
+        if isinstance(layer, nn.modules.conv._ConvNd):  # 1-3d, transposed too
+            fused = fuse_conv_bn_eval(layer, bn, transpose=layer.transposed)
         elif isinstance(layer, nn.Linear):
             fused = fuse_linear_bn_eval(layer, bn)
         else:
@@ -83,7 +83,7 @@ def _needs_graph(model: nn.Module) -> bool:
 
 def swap_activations(
     model: nn.Module, make: Callable[[str], nn.Module],
-    types: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6),
+    types: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh),
 ) -> nn.Module:
     """Copy ``model`` and replace every activation call site of ``types`` by ``make(site)``.
 
@@ -102,24 +102,29 @@ def swap_activations(
     return model
 
 
+def _dims(d) -> tuple:
+    return tuple(d) if isinstance(d, tuple | list) else (d,)
+
+
 def replace_max_pooling(model: nn.Module) -> nn.Module:
     """Copy ``model`` with every max-pooling module replaced by average pooling of the same
     window (spike trains can be average-pooled exactly; fine-tune afterwards)."""
     model = copy.deepcopy(model)
+    adaptive = {nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool2d:
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool3d: nn.AdaptiveAvgPool3d}
+    windowed = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
     for name, m in list(model.named_modules()):
-        if isinstance(m, nn.AdaptiveMaxPool2d):
-            new = nn.AdaptiveAvgPool2d(m.output_size)
-        elif isinstance(m, nn.AdaptiveMaxPool1d):
-            new = nn.AdaptiveAvgPool1d(m.output_size)
-        elif isinstance(m, MAX_POOLS):
-            if m.dilation not in (1, (1,), (1, 1)) or m.return_indices:
-                raise ConversionError(f"max pooling {name!r} uses dilation or returns indices; "
-                                      "no average pooling matches it")
-            cls = nn.AvgPool2d if isinstance(m, nn.MaxPool2d) else nn.AvgPool1d
-            new = cls(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode,
-                      count_include_pad=False)
-        else:
+        if not isinstance(m, MAX_POOLS):
             continue
+        if getattr(m, "return_indices", False) or any(
+                d != 1 for d in _dims(getattr(m, "dilation", 1))):
+            raise ConversionError(f"max pooling {name!r} uses dilation or returns indices; "
+                                  "no average pooling matches it")
+        if type(m) in adaptive:
+            new = adaptive[type(m)](m.output_size)
+        else:
+            new = windowed[type(m)](m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode,
+                                    count_include_pad=False)
         set_module(model, name, new)
     return model
 
@@ -131,24 +136,24 @@ def to_snn(
     """Fold BN and replace every activation call site by an :class:`IFNeuron` (θ = λ, spike
     value θ).
 
-    ``thresholds`` gives θ per activation site for plain ReLU/ReLU6 networks (MaxNorm,
-    RobustNorm; ReLU6 caps θ at 6): a number, or a per-channel tensor shaped to broadcast over
-    one sample (``[C, 1, 1]``, as :func:`activation_stats` returns it). QC and Rate-Norm
-    activations carry their own threshold (per layer or per channel).
+    ``thresholds`` gives θ per activation site for plain ReLU networks (MaxNorm, RobustNorm; a
+    clip-ReLU, ReLU6 or Hardtanh(0, c), caps θ at c): a number, or a per-channel tensor shaped to
+    broadcast over one sample (``[C, 1, 1]``, as :func:`activation_stats` returns it). QC and
+    Rate-Norm activations carry their own threshold (per layer or per channel).
     """
     gm = fold_bn(model)
     check_convertible(gm)
     for name, m in list(gm.named_modules()):
         if isinstance(m, QCActivation | RateNorm):
             theta = m.threshold.detach().clone()
-        elif isinstance(m, nn.ReLU | nn.ReLU6):
+        elif isinstance(m, RELUS):
             if thresholds is None or name not in thresholds:
                 raise ConversionError(
                     f"activation {name!r} is a plain {type(m).__name__}: give its threshold "
                     "(maxnorm/robustnorm statistics) or convert a QC-ANN"
                 )
-            cap = 6.0 if isinstance(m, nn.ReLU6) else float("inf")
-            theta = torch.as_tensor(thresholds[name], dtype=torch.float32).clamp(max=cap)
+            theta = torch.as_tensor(thresholds[name], dtype=torch.float32).clamp(
+                max=relu_cap(m))
         else:
             continue
         if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):

@@ -109,7 +109,7 @@ class FinetuneConfig:
         return d
 
 
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # what frozen=k counts
+WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)  # what frozen=k counts
 
 
 def frozen_prefix(net: nn.Module, k: int) -> list[str]:

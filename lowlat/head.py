@@ -22,7 +22,7 @@ from lowlat.neurons import IFNeuron, configure, reset_states
 from lowlat.simulate import chunk_plan
 
 HEAD_LOSSES = ("none", "mse", "kl")
-_PARAM_LAYERS = nn.Linear | nn.Conv1d | nn.Conv2d
+_PARAM_LAYERS = nn.Linear | nn.modules.conv._ConvNd
 
 
 def find_head(snn: nn.Module, x: Tensor) -> tuple[str, nn.Module]:

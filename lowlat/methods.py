@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from torch import fx, nn
 
+from lowlat.activations import RELUS
 from lowlat.artifacts import build_network
 from lowlat.conversions import (
     ClipTarget,
@@ -121,7 +122,7 @@ def clip_target(ann: nn.Module, thresholds: dict[str, Any]) -> fx.GraphModule:
     threshold θ can carry, what a start from the ReLU ANN is calibrated against."""
     target = fold_bn(ann)
     for name, m in list(target.named_modules()):
-        if isinstance(m, nn.ReLU | nn.ReLU6):
+        if isinstance(m, RELUS):
             set_module(target, name, ClipTarget(thresholds[name]))
     target.recompile()
     return target.eval()

@@ -175,7 +175,7 @@ def layer_macs(model: nn.Module, sample: Tensor) -> dict[str, float]:
     counts = fc.get_flop_counts()
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
             key = next((k for k in counts if k.endswith(name) and k.split(".", 1)[-1] == name),
                        None)
             flops = sum(counts.get(key, {}).values()) if key else 0

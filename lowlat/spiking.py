@@ -19,9 +19,24 @@ def normalizer(mean: Any = None, std: Any = None) -> Callable[[Tensor], Tensor]:
     the preprocessing its ANN was trained with."""
     if mean is None and std is None:
         return lambda x: x
-    m = torch.as_tensor(mean if mean is not None else 0.0, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std if std is not None else 1.0, dtype=torch.float32).view(1, -1, 1, 1)
-    return lambda x: (x.float() - m.to(x.device)) / s.to(x.device)
+    m = torch.as_tensor(mean if mean is not None else 0.0, dtype=torch.float32).flatten()
+    s = torch.as_tensor(std if std is not None else 1.0, dtype=torch.float32).flatten()
+    if not bool(torch.isfinite(m).all()) or not bool(torch.isfinite(s).all()) or bool(
+            (s <= 0).any()):
+        raise ValueError(f"input normalisation: mean must be finite and std finite and > 0, got "
+                         f"mean={m.tolist()}, std={s.tolist()}")
+
+    def norm(x: Tensor) -> Tensor:
+        c = x.shape[1] if x.dim() > 1 else 1
+        for name, v in (("mean", m), ("std", s)):
+            if v.numel() not in (1, c):
+                raise ValueError(f"input normalisation: {name} has {v.numel()} values but the "
+                                 f"input {tuple(x.shape)} has {c} channels (dim 1); give one "
+                                 "value or one per channel")
+        shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 1 else (-1,)  # [B, C, ...] any rank
+        return (x.float() - m.to(x.device).view(shape)) / s.to(x.device).view(shape)
+
+    return norm
 
 
 class SpikingNetwork(nn.Module):

@@ -40,14 +40,17 @@ def activation_call_sites(model: torch.nn.Module) -> int:
     """Activation call sites counted on a plain fx trace of the original model."""
     from torch import nn
 
+    F = torch.nn.functional
+
     class Leaf(fx.Tracer):
         def is_leaf_module(self, m, q):
-            return isinstance(m, nn.ReLU | nn.ReLU6) or super().is_leaf_module(m, q)
+            return isinstance(m, nn.ReLU | nn.Hardtanh) or super().is_leaf_module(m, q)
 
     g = Leaf().trace(model)
     mods = dict(model.named_modules())
     return sum(
-        (n.op == "call_module" and isinstance(mods[n.target], nn.ReLU | nn.ReLU6))
-        or (n.op == "call_function" and n.target in (torch.relu, torch.nn.functional.relu,
-                                                      torch.nn.functional.relu6))
+        (n.op == "call_module" and isinstance(mods[n.target], nn.ReLU | nn.Hardtanh))
+        or (n.op == "call_function" and n.target in (torch.relu, F.relu, F.relu6, F.hardtanh,
+                                                      torch.clamp))
+        or (n.op == "call_method" and n.target in ("relu", "clamp"))
         for n in g.nodes)

@@ -185,3 +185,36 @@ def test_evaluate_snn_per_layer_ops_add_up(tiny_snn):
         assert sum(st.layer_ops[t].values()) == pytest.approx(st.ops[t] + st.first_ops[t])
     rec = snn.record(xs)  # one batch, one run: the same per-layer counts at T
     assert st.layer_ops[T] == pytest.approx(rec.ops)
+
+
+class SeriesNet(nn.Module):
+    """A [B, C, L] series model: Conv1d + BatchNorm1d, then two activations in a row (ReLU
+    into a clip-ReLU, no weights between them) before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn = nn.Conv1d(2, 6, 3, padding=1), nn.BatchNorm1d(6)
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.c(x))).mean(2)  # [B, 6, L] -> [B, 6]
+        return self.fc2(torch.clamp(torch.relu(self.fc1(h)), 0, 1.0))
+
+
+def test_series_model_channel_lmpc_normalisation_and_stacked_activations():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 2, 12), torch.randint(0, 3, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    mean, std = [0.5, -0.5], [2.0, 0.5]
+    snn = api.Converter(loader, T=T, method="lowlat", n_images=32, granularity="channel",
+                        mean=mean, std=std)(SeriesNet().eval())
+    v0 = [m.v0 for _, m in spiking_layers(snn.net)]
+    assert v0[0].shape == (6, 1)  # per channel of [C, L], not per neuron
+    # the SNN normalises each channel of its raw [B, C, L] input itself
+    norm = (x[:4] - torch.tensor(mean).view(1, 2, 1)) / torch.tensor(std).view(1, 2, 1)
+    ref = PerSiteReference(snn.net).simulate(norm, T)
+    assert torch.allclose(snn(x[:4]), ref.mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="mean has 3 values but the input"):
+        api.Converter(loader, T=T, mean=[0.0] * 3, std=[1.0] * 3)(SeriesNet().eval())
+    with pytest.raises(ValueError, match="std finite and > 0"):
+        api.Converter(loader, T=T, mean=mean, std=[1.0, 0.0])(SeriesNet().eval())

@@ -56,7 +56,7 @@ def test_prepare_refuses_what_the_converter_would_refuse_before_any_statistics(d
     with pytest.raises(ConversionError, match="GELU"):  # named, with what is supported
         api.prepare(relu_net(nn.GELU), (b for b in loader if not calls.append(1)))
     assert calls == []  # refused before the data were read
-    with pytest.raises(ValueError, match="no ReLU or ReLU6"):
+    with pytest.raises(ValueError, match="no ReLU or clip-ReLU"):
         api.prepare(nn.Sequential(nn.Flatten(), nn.Linear(192, 10)), data[2])
 
 

@@ -18,29 +18,45 @@ from torch import Tensor, fx, nn
 
 from lowlat.activations import ACTIVATIONS
 from lowlat.graph.tracing import ConversionError
+from lowlat.graph.tracing import where as _where
 from lowlat.neurons import IFNeuron
 
 # Layers that act on each time step independently and linearly (or are pure reshapes), so they
 # can run on the time-folded batch of spikes unchanged.
 STATELESS = (
-    nn.Conv1d, nn.Conv2d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.modules.conv._ConvNd, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd,
+    nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle,
 )
-MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 MAX_POOL_HINT = (
     "max pooling of spike trains is not rate-preserving; replace it by average pooling "
     "(lowlat.convert.replace_max_pooling(model), or lowlat.api.prepare(model, pool='avg'), "
     "then fine-tune)"
 )
 LINEAR_FUNCTIONS = {  # per-sample linear ops that take one signal and act on dims >= 1
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d, F.dropout,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.avg_pool1d,
+    F.avg_pool2d, F.avg_pool3d, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.pad,
+    F.interpolate, F.pixel_shuffle, F.pixel_unshuffle,
 }
+# per-sample reshapes named by their dims: the dims they take must not include the batch (0)
+DIM_METHODS = {"transpose": ("dim0", "dim1"), "unsqueeze": ("dim",), "squeeze": ("dim",),
+               "permute": ("dims",)}
+DIM_FUNCTIONS = {torch.transpose: "transpose", torch.unsqueeze: "unsqueeze",
+                 torch.squeeze: "squeeze", torch.permute: "permute"}
 ADDS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
 SCALES = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
 SUPPORTED = (
-    "conv/linear/BatchNorm/average pooling/flatten/dropout modules, ReLU, ReLU6 and lowlat's "
-    "activations (as modules or F.relu/F.relu6), add/sub, cat(dim>=1), mean/sum(dim>=1), scaling "
-    "by a constant, flatten(start_dim>=1), view/reshape(x.size(0), ...)"
+    "conv (1-3d, transposed)/linear/BatchNorm/average pooling/flatten/dropout/padding/upsampling "
+    "modules, ReLU and clip-ReLUs (ReLU6, Hardtanh(0, c), F.relu, clamp(x, min=0[, max=c])) and "
+    "lowlat's activations, add/sub, cat(dim>=1), mean/sum(dim>=1), scaling by a constant, "
+    "F.pad, F.interpolate, flatten(start_dim>=1), transpose/permute/unsqueeze/squeeze of dims "
+    ">= 1, view/reshape(x.size(0), ...)"
 )
 STATIC, TIMED, META, BATCH, CONST = "static", "timed", "meta", "batch", "const"
 
@@ -56,16 +72,6 @@ def time_broadcast(x: Tensor, like: Tensor) -> Tensor:
 # fx names a function in generated code after its module: keep the name saved SNNs' graphs
 # (lowlat.api.save_snn) recorded before lowlat.graph became a package, so they load unchanged.
 time_broadcast.__module__ = "lowlat.graph"
-
-
-def _where(node: fx.Node) -> str:
-    """`` (file:line: code)`` of the source line that created ``node``, when fx recorded it."""
-    lines = [ln.strip() for ln in (node.stack_trace or "").strip().splitlines()]
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("File ") and "/torch/" not in lines[i]:
-            code = lines[i + 1] if i + 1 < len(lines) else ""
-            return f" ({lines[i]}: {code})"
-    return ""
 
 
 def _fname(target) -> str:
@@ -135,6 +141,9 @@ def check_convertible(gm: fx.GraphModule) -> None:
             if isinstance(m, nn.Flatten) and m.start_dim == 0:
                 raise _refuse(node, f"is {node.target!r}, nn.Flatten(start_dim=0), which mixes "
                               "samples", "use nn.Flatten() (start_dim=1)")
+            if isinstance(m, nn.Unflatten) and m.dim == 0:
+                raise _refuse(node, f"is {node.target!r}, nn.Unflatten(dim=0), which splits the "
+                              "batch", "unflatten a dimension >= 1")
             kind[node] = out
             continue
         t = node.target
@@ -206,9 +215,30 @@ def check_convertible(gm: fx.GraphModule) -> None:
             kind[node] = out
             continue
         if fn and t in LINEAR_FUNCTIONS:
+            if len(tensors) > 1:
+                raise _refuse(node, f"calls {name} with {len(tensors)} signals",
+                              "pass one signal; the other arguments must be constants")
             kind[node] = out
             continue
-        if fn and t in (F.max_pool1d, F.max_pool2d, F.adaptive_max_pool2d):
+        if (node.op == "call_method" and t in DIM_METHODS) or (fn and t in DIM_FUNCTIONS):
+            t = DIM_FUNCTIONS[t] if fn else t
+            dims = [_arg(node, i + 1, key) for i, key in enumerate(DIM_METHODS[t])]
+            if t == "permute":  # x.permute(0, 2, 1) or x.permute((0, 2, 1))
+                dims = list(node.args[1:]) or _dims(node.kwargs.get("dims", []))
+                if len(dims) == 1 and isinstance(dims[0], list | tuple):
+                    dims = list(dims[0])
+                ok = bool(dims) and dims[0] == 0 and 0 not in dims[1:]
+            else:
+                ok = all(isinstance(d, int) and d != 0 for d in dims)
+            if not ok:
+                raise _refuse(node, f"calls {t} with dims {dims}, which may move or drop the "
+                              "batch dimension",
+                              "the simulator folds time into the batch ([T·B, ...]); name "
+                              "dims >= 1 (x.squeeze(-1), x.transpose(1, 2), x.permute(0, ...))")
+            kind[node] = out
+            continue
+        if fn and t in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+                        F.adaptive_max_pool2d, F.adaptive_max_pool3d):
             raise _refuse(node, f"calls {name}", "max pooling of spike trains is not "
                           "rate-preserving; use F.avg_pool2d or nn.AvgPool2d and fine-tune")
         raise _refuse(node, f"calls {name}, which the SNN converter does not support",

@@ -2,8 +2,9 @@
 
 :func:`trace` returns an fx graph in which every activation *call site* is its own module
 (a module called twice, like torchvision's ``BasicBlock.relu``, is split into copies; ``F.relu``,
-``torch.relu``, ``x.relu()`` and ``F.relu6`` become ``nn.ReLU``/``nn.ReLU6`` modules), so each site
-gets its own neuron and its own membrane state.
+``torch.relu``, ``x.relu()``, ``F.relu6``, ``F.hardtanh(x, 0, c)`` and ``clamp(x, min=0[, max=c])``
+become ``nn.ReLU``/``nn.ReLU6``/``nn.Hardtanh(0, c)`` modules), so each site gets its own neuron
+and its own membrane state. A clip whose floor is not 0 is not a ReLU: it is refused here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from lowlat.neurons import IFNeuron
 
 ACT_FUNCTIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, torch.relu_: nn.ReLU, F.relu6: nn.ReLU6}
 ACT_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU}
+CLAMPS = {torch.clamp, torch.clip, torch.clamp_min, F.hardtanh}  # clip-ReLUs when the floor is 0
+CLAMP_METHODS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
 
 
 class ConversionError(ValueError):
@@ -65,6 +68,51 @@ def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def where(node: fx.Node) -> str:
+    """`` (file:line: code)`` of the source line that created ``node``, when fx recorded it."""
+    lines = [ln.strip() for ln in (node.stack_trace or "").strip().splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("File ") and "/torch/" not in lines[i]:
+            code = lines[i + 1] if i + 1 < len(lines) else ""
+            return f" ({lines[i]}: {code})"
+    return ""
+
+
+def _functional_act(node: fx.Node) -> nn.Module | None:
+    """The activation module a functional call is (``F.relu``, ``x.relu()``, a clamp with
+    floor 0 ...), else None."""
+    if node.op == "call_function" and node.target in ACT_FUNCTIONS:
+        return ACT_FUNCTIONS[node.target]()
+    if node.op == "call_method" and node.target in ACT_METHODS:
+        return ACT_METHODS[node.target]()
+    fn = node.op == "call_function"
+    if not ((fn and node.target in CLAMPS) or (node.op == "call_method"
+                                                and node.target in CLAMP_METHODS)):
+        return None
+    name = getattr(node.target, "__name__", node.target)
+    hard = node.target is F.hardtanh
+    lo_key, hi_key = ("min_val", "max_val") if hard else ("min", "max")
+    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get(lo_key, -1.0 if hard else None)
+    hi = None if "clamp_min" in name else (
+        node.args[2] if len(node.args) > 2 else node.kwargs.get(hi_key, 1.0 if hard else None))
+    if isinstance(lo, int | float) and lo == 0 and (hi is None or (
+            isinstance(hi, int | float) and hi > 0)):
+        return nn.ReLU() if hi is None else nn.Hardtanh(0.0, float(hi))
+    raise ConversionError(
+        f"graph node {node.name!r}{where(node)} clips to [{lo}, {hi}] ({name}), which is not a "
+        "ReLU; an IF "
+        "neuron represents max(x, 0) and min(max(x, 0), c) only: use clamp(x, min=0[, max=c]), "
+        "F.hardtanh(x, 0, c), nn.Hardtanh(0, c), ReLU or ReLU6")
+
+
+def _check_module_act(node: fx.Node, m: nn.Module) -> None:
+    if isinstance(m, nn.Hardtanh) and not (m.min_val == 0 and m.max_val > 0):
+        raise ConversionError(
+            f"layer {node.target!r}{where(node)} is nn.Hardtanh({m.min_val}, {m.max_val}), which "
+            "is not a ReLU; an "
+            "IF neuron represents min(max(x, 0), c) only: nn.Hardtanh(0, c) or ReLU6")
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """fx-trace ``model`` with one activation module per call site (modules shared with it).
 
@@ -75,9 +123,9 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except fx.proxy.TraceError as e:
-        where = _user_frame(e.__traceback__)
+        src = _user_frame(e.__traceback__)
         raise ConversionError(
-            f"cannot trace {type(model).__name__}{' at ' + where if where else ''}: {e}. "
+            f"cannot trace {type(model).__name__}{' at ' + src if src else ''}: {e}. "
             "The forward pass branches or loops on tensor values, which a converted SNN cannot "
             "follow; make the branch depend on constructor arguments only (or move it out of "
             "forward)") from e
@@ -90,16 +138,17 @@ def trace(model: nn.Module) -> fx.GraphModule:
     seen: set[str] = set()
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ACTIVATIONS):
+            _check_module_act(node, gm.get_submodule(node.target))
             if node.target in seen:  # a second call site: its own copy
                 name = _free_name(gm, node.target)
                 set_module(gm, name, copy.deepcopy(gm.get_submodule(node.target)))
                 node.target = name
             seen.add(node.target)
-        elif (node.op == "call_function" and node.target in ACT_FUNCTIONS) or (
-                node.op == "call_method" and node.target in ACT_METHODS):
-            kind = (ACT_FUNCTIONS if node.op == "call_function" else ACT_METHODS)[node.target]
+            continue
+        act = _functional_act(node)
+        if act is not None:
             name = _free_name(gm, node.name)
-            set_module(gm, name, kind())
+            set_module(gm, name, act)
             with gm.graph.inserting_before(node):
                 new = gm.graph.call_module(name, (node.args[0],))
             new.meta, new.stack_trace = node.meta, node.stack_trace
