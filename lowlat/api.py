@@ -209,7 +209,8 @@ def calibrate(snn: SpikingNetwork, qcann: nn.Module, data: Data, *, n_images: in
     cfg = CalibConfig(**{"T": snn.T, "lmpc": r.lmpc, "lwc": r.lwc, "formula": r.formula,
                          "granularity": r.granularity, "optimizer": r.optimizer,
                          "accept": "always" if r.accept == "val" else r.accept,
-                         "lmpc_iterations": r.lmpc_iterations, **config})
+                         "lmpc_iterations": r.lmpc_iterations, "surrogate": r.surrogate,
+                         **config})
     if START_SOURCE[r.start] == "ann":  # match the ReLU ANN clipped at each neuron's θ
         target = clip_target(qcann, {n: m.theta.detach().clone()
                                      for n, m in spiking_layers(snn.net)})

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lowlat.head import HEAD_LOSSES, calibrate_head
-from lowlat.neurons import IFNeuron, configure, reset_states, spiking_layers
+from lowlat.neurons import SURROGATES, IFNeuron, configure, reset_states, spiking_layers
 from lowlat.simulate import chunk_plan
 
 
@@ -156,8 +156,12 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
               weight_decay: float = 0.0, gamma: float = 1.0, eval_batch: int = 256,
               max_chunk: int = 16, seed: int = 0,
               on_step: Callable[[int, float], None] | None = None,
-              accept: str = "always", mse_before: float | None = None) -> LayerReport:
+              accept: str = "always", mse_before: float | None = None,
+              surrogate: str = "eq15") -> LayerReport:
     """Calibrate the weights feeding layer ``name`` by BPTT (eqs. 14-17).
+
+    ``surrogate``: ``eq15`` (the triangle as printed, height γ) or ``scaled`` (divided by θ, so
+    the gradient through the reset does not grow step by step where θ·γ > 2; lowlat.neurons).
 
     ``accept='mse'`` restores the weights if the layer's MSE rose; ``'always'`` keeps them.
     ``mse_before``: the layer's rate MSE in its current state, where the caller measured it.
@@ -166,6 +170,9 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
         raise ValueError(f"LWC optimizer must be sgd or adam, got {optimizer!r}")
     if accept not in ("always", "mse"):
         raise ValueError(f"LWC accept must be always or mse, got {accept!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"LWC surrogate must be one of {', '.join(SURROGATES)}, "
+                         f"got {surrogate!r}")
     neurons = dict(spiking_layers(snn))
     order = list(neurons)
     idx = order.index(name)
@@ -178,6 +185,7 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
     for i, n in enumerate(order):
         neurons[n].detach_output = i < idx
         neurons[n].surrogate = n == name
+        neurons[n].scaled_surrogate = surrogate == "scaled"
         neurons[n].gamma = gamma
     try:
         for p in snn.parameters():
@@ -215,6 +223,7 @@ def lwc_layer(snn: nn.Module, ann: nn.Module, name: str, xs: Tensor, T: int, ite
         for n in order:
             neurons[n].detach_output = False
             neurons[n].surrogate = False
+            neurons[n].scaled_surrogate = False
         for p, r in req.items():
             p.requires_grad_(r)
             p.grad = None
@@ -251,11 +260,14 @@ class CalibConfig:
     head: str = "none"  # output-head refit after the layers (lowlat.head): none | kl | mse
     head_iterations: int = 200
     head_lr: float = 1e-3
+    surrogate: str = "eq15"  # LWC's triangle: eq15 (as printed) | scaled (÷ θ)
 
     def fingerprint(self) -> dict:
         """The settings an artifact depends on; the head keys only when a head is fitted, so
         artifacts calibrated before the option existed stay valid."""
         d = asdict(self)
+        if self.surrogate == "eq15" or not self.lwc:  # eq15: the only form before the option
+            d.pop("surrogate")
         if self.head == "none":
             for k in ("head", "head_iterations", "head_lr"):
                 d.pop(k)
@@ -311,7 +323,7 @@ def calibrate(snn: nn.Module, ann: nn.Module, xs: Tensor, cfg: CalibConfig,
             r = lwc_layer(snn, ann, name, xs, cfg.T, cfg.iterations, cfg.batch_size, cfg.lr,
                           cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.gamma,
                           cfg.eval_batch, cfg.max_chunk, cfg.seed, on_step, cfg.accept,
-                          mse_before=rep["mse_end"])
+                          mse_before=rep["mse_end"], surrogate=cfg.surrogate)
             rep.update(mse_before_lwc=r.mse_before, mse_after_lwc=r.mse_after, lwc_kept=r.kept)
             rep["mse_end"] = r.mse_before if not r.kept else r.mse_after
         reports.append(rep)

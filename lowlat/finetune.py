@@ -28,13 +28,12 @@ from tqdm.auto import tqdm
 
 from lowlat import fused
 from lowlat.head import distill_kl
-from lowlat.neurons import configure, reset_states, spiking_layers
+from lowlat.neurons import SURROGATES, configure, reset_states, spiking_layers
 from lowlat.ratebackward import rate_backward
 
 log = logging.getLogger("lowlat")
 PRECISIONS = ("fp32", "bf16")
 BACKWARDS = ("bptt", "rate", "rate_weights")
-SURROGATES = ("eq15", "scaled")
 # Options added after fine-tuned artifacts existed, each with the value those artifacts were made
 # with: at that value an option stays out of fingerprints, so the older artifacts stay valid
 # (surrogate's default has since moved to "scaled": those artifacts are valid with "eq15").

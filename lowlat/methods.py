@@ -66,8 +66,10 @@ class Recipe:
     target: str = "L"            # match: L (the QC-ANN, paper) | T (its rounding to T levels)
     #                              | finer (T levels where T > L, else L: effective_target)
     finetune: bool = False       # then the whole SNN by BPTT (phase2.finetune, lowlat.finetune)
+    surrogate: str = "eq15"      # LWC's triangle: eq15 (paper) | scaled (÷ θ, lowlat.neurons)
 
 
+LOWLAT_SURROGATE = "eq15"  # lowlat's LWC surrogate by default (phase2.lowlat.surrogate)
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
 PAPER_LWC = Recipe(lmpc=False, lwc=True)
 PAPER_BOTH = Recipe(lmpc=True, lwc=True)
@@ -220,7 +222,7 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
                   accept=str(lw.get("accept", "val")),
                   lmpc_iterations=int(lw.get("lmpc_iterations", 3)),
                   head=str(lw.get("head", "none")), target=str(lw.get("target", "finer")),
-                  finetune=m.finetune)
+                  finetune=m.finetune, surrogate=str(lw.get("surrogate", LOWLAT_SURROGATE)))
 
 
 def start_source(method: str | Method, lowlat: dict[str, Any] | None = None) -> Source:

@@ -25,6 +25,9 @@ def if_step(v: Tensor, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return s, v - s * theta
 
 
+SURROGATES = ("eq15", "scaled")  # the triangle as printed (height γ) | divided by θ
+
+
 def triangle(v: Tensor, theta: Tensor, gamma: float, scaled: bool) -> Tensor:
     """The surrogate ``∂s/∂v``: ``γ·max(0, 1 − |v/θ − 1|)`` (eq. 15 on v/θ, height γ for every
     θ), or with ``scaled`` that divided by θ (the chain rule of ``H(v/θ − 1)``): then the gain

@@ -164,3 +164,44 @@ def test_calibrate_reports_true_mses_and_simulates_each_state_once(monkeypatch, 
     # per layer: LMPC's pass + its check; LWC: a probe, its iterations and its end
     per_layer = (2 if lmpc else 1) + ((1 + 3 + 1) if lwc else 0)
     assert passes == per_layer * len(reports)
+
+
+def _scaled_net(c: float) -> tuple[nn.Module, nn.Module]:
+    """``_net`` without biases and with every λ multiplied by ``c``: fed ``c·x`` it is ``c``
+    times ``_net`` fed ``x`` (positively homogeneous), so its SNN spikes exactly alike."""
+    ann = _net()
+    for i in (0, 2, 4):
+        ann[i].bias = None
+    with torch.no_grad():
+        for i in (1, 3):
+            ann[i].lam.mul_(c)
+    snn = to_snn(ann)
+    for m in snn.modules():
+        if isinstance(m, IFNeuron):
+            m.v0 = m.theta / 2
+    return ann, snn
+
+
+@pytest.mark.parametrize("surrogate", ["scaled", "eq15"])
+def test_lwc_scaled_surrogate_follows_the_chain_rule_under_scaling(surrogate):
+    """With the triangle divided by θ, LWC on a network c times larger gets exactly c² times the
+    gradient of its c² times larger loss, so SGD at lr/c² takes the same steps; the printed form
+    also multiplies the gradient through the reset by θ and does not."""
+    xs, T, c = torch.rand(64, 6) * 2, 4, 4.0
+    (ann1, snn1), (ann4, snn4) = _scaled_net(1.0), _scaled_net(c)
+    kw = dict(T=T, iterations=5, batch_size=32, optimizer="sgd", momentum=0.9,
+              surrogate=surrogate)
+    lwc_layer(snn1, ann1, "3", xs, lr=0.05, **kw)
+    lwc_layer(snn4, ann4, "3", xs * c, lr=0.05 / c**2, **kw)
+    w1, w4 = snn1.get_submodule("2").weight, snn4.get_submodule("2").weight
+    assert not torch.allclose(w1, ann1[2].weight, atol=1e-4)  # LWC moved the weights
+    assert torch.allclose(w1, w4, atol=1e-5) == (surrogate == "scaled")
+
+
+def test_lwc_surrogate_is_checked_and_left_out_of_old_fingerprints():
+    ann, xs = _net(), torch.rand(16, 6)
+    with pytest.raises(ValueError, match="surrogate must be one of eq15, scaled"):
+        lwc_layer(to_snn(ann), ann, "3", xs, 4, 1, 8, 1e-3, surrogate="sigmoid")
+    assert "surrogate" not in CalibConfig(T=2).fingerprint()  # artifacts from before stay valid
+    assert CalibConfig(T=2, surrogate="scaled").fingerprint()["surrogate"] == "scaled"
+    assert "surrogate" not in CalibConfig(T=2, lwc=False, surrogate="scaled").fingerprint()

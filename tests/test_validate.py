@@ -90,6 +90,7 @@ def test_misspelt_keys_are_refused_even_with_plus():
     ("phase2.lwc=3", "phase2.lwc must be a group of keys"),
     ("phase2.lowlat.head=softmax", "phase2.lowlat.head must be one of none, mse, kl"),
     ("phase2.lowlat.target=t", "phase2.lowlat.target must be one of L, T, finer, got 't'"),
+    ("phase2.lowlat.surrogate=eq14", "phase2.lowlat.surrogate must be one of eq15, scaled"),
     ("ann.momentum=???", "ann.momentum"),
 ])
 def test_unknown_keys_and_targets_name_the_key(override, needle):

@@ -20,6 +20,7 @@ from lowlat.conversions import TARGETS
 from lowlat.finetune import PRECISIONS, FinetuneConfig
 from lowlat.head import HEAD_LOSSES
 from lowlat.models import create_model, model_entrypoint
+from lowlat.neurons import SURROGATES
 
 log = logging.getLogger("lowlat")
 ANY = object()  # in ``Context.fp``'s ``omit``: the key is left out whatever its value
@@ -151,6 +152,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
     _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
     _one_of("phase2.lowlat.target", lw.get("target", "L"), TARGETS)
+    _one_of("phase2.lowlat.surrogate", lw.get("surrogate", "eq15"), SURROGATES)
     for key in ("neurons", "fused"):
         flag = cfg.phase2.get("finetune", {}).get(key, False)
         if not isinstance(flag, bool):

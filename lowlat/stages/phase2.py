@@ -56,7 +56,7 @@ def calib_config(ctx: Context, method: str, T: int) -> CalibConfig:
         weight_decay=float(p.lwc.weight_decay), gamma=float(p.lwc.gamma),
         accept="always" if r.accept == "val" else r.accept, lmpc_iterations=r.lmpc_iterations,
         eval_batch=int(p.calib_batch), max_chunk=int(ctx.cfg.eval.max_chunk),
-        seed=int(ctx.cfg.seed), head=r.head)
+        seed=int(ctx.cfg.seed), head=r.head, surrogate=r.surrogate)
 
 
 def finetune_config(ctx: Context) -> FinetuneConfig:
