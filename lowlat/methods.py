@@ -69,7 +69,7 @@ class Recipe:
     surrogate: str = "eq15"      # LWC's triangle: eq15 (paper) | scaled (÷ θ, lowlat.neurons)
 
 
-LOWLAT_SURROGATE = "eq15"  # lowlat's LWC surrogate by default (phase2.lowlat.surrogate)
+LOWLAT_SURROGATE = "scaled"  # lowlat's LWC surrogate by default (phase2.lowlat.surrogate)
 PAPER_LMPC = Recipe(lmpc=True, lwc=False)
 PAPER_LWC = Recipe(lmpc=False, lwc=True)
 PAPER_BOTH = Recipe(lmpc=True, lwc=True)

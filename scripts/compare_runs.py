@@ -38,10 +38,13 @@ def collect(run: Path) -> dict:
             "val_top1": m["val_top1"], "val_images": m.get("val_images"),
             "calib_seconds": m.get("calib_seconds"),
             "calib_cpu_seconds": m.get("calib_cpu_seconds"), "lwc_kept": m.get("lwc_kept"),
+            "val_top1_with_lwc": m.get("val_top1_with_lwc"),
+            "val_top1_without_lwc": m.get("val_top1_without_lwc"),
             "val_top1_before_ft": m.get("val_top1_before_ft"),
             "recipe": {k: rec.get(k) for k in ("start", "formula", "granularity",
                                                "lmpc_iterations", "optimizer", "accept",
-                                               "iterations", "target", "finetune") if k in rec}}
+                                               "iterations", "target", "finetune",
+                                               "surrogate") if k in rec}}
         if rec.get("finetune"):
             ft = next((r for r in m.get("layers", []) if r.get("layer") == "finetune"), {})
             col["finetune"] = {**rec["finetune"], "lmpc_iterations": rec.get("lmpc_iterations"),
@@ -53,6 +56,10 @@ def _cell(x: dict) -> str:
     out = f"{100 * x['val_top1']:.2f}"
     if x.get("val_top1_before_ft") is not None:
         out += f" (from {100 * x['val_top1_before_ft']:.2f})"
+    if x.get("val_top1_with_lwc") is not None:  # accept=val: which pass was kept
+        w, wo = 100 * x["val_top1_with_lwc"], 100 * x["val_top1_without_lwc"]
+        out += (f" (LWC {'kept' if x['lwc_kept'] else 'discarded'}: with {w:.2f}, without "
+                f"{wo:.2f}; LWC surrogate {x['recipe'].get('surrogate', 'eq15')})")
     if x.get("calib_cpu_seconds") is not None:
         out += f" ({x['calib_cpu_seconds']:.0f} CPU s)"
     elif x.get("calib_seconds") is not None:
@@ -112,8 +119,9 @@ def main(argv: list[str] | None = None) -> Path:
             cells.append("—" if x is None else _cell(x))
         md.append(f"| {m} T={T} | " + " | ".join(cells) + " |")
     md += ["", "Calibrated cells give the calibration CPU seconds (wall seconds where an "
-           "artifact predates CPU timing) and, for a fine-tuned row, its top-1 before the "
-           "fine-tune; recipes are in the JSON file and in each `snn_T*_*.pt`."]
+           "artifact predates CPU timing), for a fine-tuned row its top-1 before the "
+           "fine-tune, and for `accept: val` whether the LWC pass was kept (top-1 with and "
+           "without it); recipes are in the JSON file and in each `snn_T*_*.pt`."]
     path = out / f"levers_{args.name}.md"
     path.write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -24,13 +24,15 @@ python scripts/phase1_bn_ablation.py runs/cifar10_cpu_bntrain $run --out $res
   runs/cifar10_cpu_bntrain --timesteps 2 --val-batches 20 --lwc-iterations 30 --lwc-batch 256 \
   --out $res
 # CPU budget of this session: the paper's three calibrated rows and lowlat's at T = 2 and 4,
-# 20 LWC iterations per layer, evaluation up to T = 8, no Rate-Norm ANN.
+# 20 LWC iterations per layer, evaluation up to T = 8, no Rate-Norm ANN. The recorded `lowlat`
+# row used LWC's printed surrogate, lowlat's default until 2026-11-27 (now `scaled`): pinned here.
 P='phase2.methods=[lmpc,lwc,lmpc+lwc,lowlat]'
 M='eval.methods=[phase1,opti,opt,unbiased,maxnorm,robustnorm,robustnorm_all,lmpc,lwc,lmpc+lwc,lowlat]'
-lr stage=phase2 'phase2.timesteps=[2,4]' "$P" "$M" phase2.lwc.iterations=20
+S=phase2.lowlat.surrogate=eq15
+lr stage=phase2 'phase2.timesteps=[2,4]' "$P" "$M" phase2.lwc.iterations=20 $S
 # The final table: every method on the full validation and test splits.
 lr stage=eval 'eval.timesteps=[1,2,4,8]' 'phase2.timesteps=[2,4]' "$P" "$M" \
-  phase2.lwc.iterations=20
+  phase2.lwc.iterations=20 $S
 python -m lowlat.report $run --paper cifar10_vgg16
 cp $run/results.csv $run/results.json $res/
 cp $run/report/*.md $run/report/*.png $res/

@@ -79,7 +79,7 @@ def test_calibrate_fits_the_head_last_and_keeps_old_fingerprints():
     assert again == []
     # artifacts calibrated before the option existed keep their fingerprint
     old = asdict(CalibConfig(T=2))
-    for k in ("head", "head_iterations", "head_lr"):
+    for k in ("head", "head_iterations", "head_lr", "surrogate"):  # options added since
         old.pop(k)
     assert CalibConfig(T=2).fingerprint() == old
     assert CalibConfig(T=2, head="mse").fingerprint()["head"] == "mse"

@@ -152,7 +152,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.accept", lw.accept, ("mse", "always", "val"))
     _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
     _one_of("phase2.lowlat.target", lw.get("target", "L"), TARGETS)
-    _one_of("phase2.lowlat.surrogate", lw.get("surrogate", "eq15"), SURROGATES)
+    _one_of("phase2.lowlat.surrogate", lw.get("surrogate", "scaled"), SURROGATES)
     for key in ("neurons", "fused"):
         flag = cfg.phase2.get("finetune", {}).get(key, False)
         if not isinstance(flag, bool):
