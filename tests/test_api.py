@@ -38,6 +38,8 @@ TORCHVISION = {
     "vgg11_bn": (small_vgg11_bn, 32),
     "mobilenet_v2": (lambda: tv.models.mobilenet_v2(weights=None, num_classes=10,
                                                     width_mult=0.25), 16),
+    # channel shuffle: view(batch, groups, c // groups, h, w), transpose(1, 2), chunk(2, dim=1)
+    "shufflenet_v2": (lambda: tv.models.shufflenet_v2_x0_5(weights=None, num_classes=10), 32),
 }
 
 
@@ -218,3 +220,17 @@ def test_series_model_channel_lmpc_normalisation_and_stacked_activations():
         api.Converter(loader, T=T, mean=[0.0] * 3, std=[1.0] * 3)(SeriesNet().eval())
     with pytest.raises(ValueError, match="std finite and > 0"):
         api.Converter(loader, T=T, mean=mean, std=[1.0, 0.0])(SeriesNet().eval())
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "densenet121", "googlenet", "mnasnet0_5",
+                                  "regnet_x_400mf"])
+def test_more_torchvision_families_convert_exactly(name):
+    """Fire modules and cat, BatchNorm before ReLU (DenseNet), Inception branches, depthwise
+    blocks, grouped convs: converted (max pooling replaced) and equal to the reference."""
+    kw = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    torch.manual_seed(0)
+    model = getattr(tv.models, name)(weights=None, num_classes=10, **kw).eval()
+    xs = torch.rand(2, 3, 32, 32)
+    snn = api.convert(api.prepare(model, xs, pool="avg"), "opti", T=T)
+    assert len(spiking_layers(snn.net)) == activation_call_sites(model)
+    assert torch.allclose(snn.run(xs), PerSiteReference(snn.net).simulate(xs, T), atol=1e-5)

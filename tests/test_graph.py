@@ -198,6 +198,7 @@ def test_clips_that_are_not_relus_and_batch_reshapes_are_refused():
     _refusal(lambda s, x: F.relu(s.c(x)).transpose(0, 1), "dims \\[0, 1\\].*batch dimension")
     _refusal(lambda s, x: F.relu(s.c(x)).squeeze(), "squeeze.*batch dimension")
     _refusal(lambda s, x: F.relu(s.c(x)).permute(1, 0, 2, 3), "permute.*batch dimension")
+    _refusal(lambda s, x: F.relu(s.c(x)).chunk(2)[0], "chunk along dim 0, the batch")
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardtanh(-1.0, 1.0))
     with pytest.raises(ConversionError, match=r"'1'.*Hardtanh\(-1.0, 1.0\), which is not a ReLU"):
         to_snn(swap_activations(m, lambda _n: QCActivation(4), types=()))

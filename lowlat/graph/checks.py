@@ -49,6 +49,11 @@ DIM_METHODS = {"transpose": ("dim0", "dim1"), "unsqueeze": ("dim",), "squeeze": 
                "permute": ("dims",)}
 DIM_FUNCTIONS = {torch.transpose: "transpose", torch.unsqueeze: "unsqueeze",
                  torch.squeeze: "squeeze", torch.permute: "permute"}
+SPLITS = {"chunk": ("chunks", "dim"), "split": ("split_size_or_sections", "dim"),
+          "tensor_split": ("indices_or_sections", "dim")}  # -> a tuple of tensors
+SPLIT_FUNCTIONS = {torch.chunk: "chunk", torch.split: "split", torch.tensor_split: "tensor_split"}
+SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod,
+                    operator.truediv, operator.neg}  # on sizes and constants (channels // groups)
 ADDS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
 SCALES = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
 SUPPORTED = (
@@ -97,6 +102,7 @@ def check_convertible(gm: fx.GraphModule) -> None:
     make valid on the time-folded batch."""
     modules = dict(gm.named_modules())
     kind: dict[fx.Node, str] = {}
+    tuples: set[fx.Node] = set()  # results of chunk/split: indexing them picks a tensor
     g = gm.graph
 
     def k(a) -> str:
@@ -172,6 +178,21 @@ def check_convertible(gm: fx.GraphModule) -> None:
                               "on the time-folded batch [T·B, ...] the leading dimension must be "
                               "-1 or x.size(0); use x.flatten(1) or x.view(x.size(0), ...)")
             kind[node] = k(node.args[0])
+            continue
+        if fn and t is operator.getitem and node.args[0] in tuples:
+            kind[node] = k(node.args[0])  # one piece of a chunk/split
+            continue
+        if fn and t in SHAPE_ARITHMETIC and not tensors:
+            kind[node] = META  # sizes and constants only (a batch size was refused above)
+            continue
+        if (node.op == "call_method" and t in SPLITS) or (fn and t in SPLIT_FUNCTIONS):
+            t = SPLIT_FUNCTIONS[t] if fn else t
+            d = _arg(node, 2, SPLITS[t][1], 0)
+            if not isinstance(d, int) or d == 0:
+                raise _refuse(node, f"calls {t} along dim {d!r}, the batch dimension",
+                              f"{t} along a dimension >= 1 (x.{t}(..., dim=1))")
+            kind[node] = out
+            tuples.add(node)
             continue
         if fn and t is operator.getitem:
             idx = node.args[1]
