@@ -97,7 +97,8 @@ def _refusal(forward, match: str) -> str:
 
 
 def test_refusals_name_node_source_line_and_fix():
-    msg = _refusal(lambda s, x: torch.sigmoid(s.c(x)), "'sigmoid'.*does not support")
+    msg = _refusal(lambda s, x: s.fc(torch.sigmoid(s.c(x)).flatten(1)),
+                   "'sigmoid'.*does not support")
     assert "test_graph.py" in msg and "supported:" in msg
     msg = _refusal(lambda s, x: s.fc(F.max_pool2d(F.relu(s.c(x)), 1).flatten(1)),
                    "max_pool2d.*avg_pool2d")
@@ -199,6 +200,10 @@ def test_clips_that_are_not_relus_and_batch_reshapes_are_refused():
     _refusal(lambda s, x: F.relu(s.c(x)).squeeze(), "squeeze.*batch dimension")
     _refusal(lambda s, x: F.relu(s.c(x)).permute(1, 0, 2, 3), "permute.*batch dimension")
     _refusal(lambda s, x: F.relu(s.c(x)).chunk(2)[0], "chunk along dim 0, the batch")
+    _refusal(lambda s, x: (s.fc(F.relu(s.c(x)).flatten(1)), x), "returns a tuple, not one tensor")
+    _refusal(lambda s, x: {"y": s.fc(F.relu(s.c(x)).flatten(1))}, "returns a dict")
+    _refusal(lambda s, x: F.log_softmax(s.fc(F.relu(s.c(x)).flatten(1)), 1),
+             "log_softmax on the network's output.*apply log_softmax outside the SNN")
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardtanh(-1.0, 1.0))
     with pytest.raises(ConversionError, match=r"'1'.*Hardtanh\(-1.0, 1.0\), which is not a ReLU"):
         to_snn(swap_activations(m, lambda _n: QCActivation(4), types=()))

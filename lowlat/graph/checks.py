@@ -116,6 +116,13 @@ def check_convertible(gm: fx.GraphModule) -> None:
             kind[node] = CONST
             continue
         if node.op == "output":
+            ret = node.args[0]
+            if not isinstance(ret, fx.Node):
+                what = ("tuple" if isinstance(ret, tuple | list) else "dict"
+                        if isinstance(ret, dict) else type(ret).__name__)
+                raise _refuse(node, f"returns a {what}, not one tensor",
+                              "the SNN averages one output over time steps: return the logits "
+                              "alone (wrap the model, or take the tensor you need in forward)")
             continue
         inputs = node.all_input_nodes
         if node.op == "call_function" and node.target is getattr:
@@ -262,6 +269,10 @@ def check_convertible(gm: fx.GraphModule) -> None:
                         F.adaptive_max_pool2d, F.adaptive_max_pool3d):
             raise _refuse(node, f"calls {name}", "max pooling of spike trains is not "
                           "rate-preserving; use F.avg_pool2d or nn.AvgPool2d and fine-tune")
+        if [u.op for u in node.users] == ["output"]:  # a read-out after the last layer
+            raise _refuse(node, f"calls {name} on the network's output, which the SNN "
+                          "converter does not support", "return the logits and apply "
+                          f"{name} outside the SNN, to its time-averaged output")
         raise _refuse(node, f"calls {name}, which the SNN converter does not support",
                       f"supported: {SUPPORTED}")
     g.eliminate_dead_code()
