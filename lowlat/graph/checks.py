@@ -49,8 +49,7 @@ DIM_METHODS = {"transpose": ("dim0", "dim1"), "unsqueeze": ("dim",), "squeeze": 
                "permute": ("dims",)}
 DIM_FUNCTIONS = {torch.transpose: "transpose", torch.unsqueeze: "unsqueeze",
                  torch.squeeze: "squeeze", torch.permute: "permute"}
-SPLITS = {"chunk": ("chunks", "dim"), "split": ("split_size_or_sections", "dim"),
-          "tensor_split": ("indices_or_sections", "dim")}  # -> a tuple of tensors
+SPLITS = {"chunk", "split", "tensor_split"}  # x.<split>(n, dim) -> a tuple of tensors
 SPLIT_FUNCTIONS = {torch.chunk: "chunk", torch.split: "split", torch.tensor_split: "tensor_split"}
 SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod,
                     operator.truediv, operator.neg}  # on sizes and constants (channels // groups)
@@ -194,7 +193,7 @@ def check_convertible(gm: fx.GraphModule) -> None:
             continue
         if (node.op == "call_method" and t in SPLITS) or (fn and t in SPLIT_FUNCTIONS):
             t = SPLIT_FUNCTIONS[t] if fn else t
-            d = _arg(node, 2, SPLITS[t][1], 0)
+            d = _arg(node, 2, "dim", 0)
             if not isinstance(d, int) or d == 0:
                 raise _refuse(node, f"calls {t} along dim {d!r}, the batch dimension",
                               f"{t} along a dimension >= 1 (x.{t}(..., dim=1))")

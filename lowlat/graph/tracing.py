@@ -100,17 +100,17 @@ def _functional_act(node: fx.Node) -> nn.Module | None:
         return nn.ReLU() if hi is None else nn.Hardtanh(0.0, float(hi))
     raise ConversionError(
         f"graph node {node.name!r}{where(node)} clips to [{lo}, {hi}] ({name}), which is not a "
-        "ReLU; an IF "
-        "neuron represents max(x, 0) and min(max(x, 0), c) only: use clamp(x, min=0[, max=c]), "
-        "F.hardtanh(x, 0, c), nn.Hardtanh(0, c), ReLU or ReLU6")
+        "ReLU; an IF neuron represents max(x, 0) and min(max(x, 0), c) only: use "
+        "clamp(x, min=0[, max=c]), F.hardtanh(x, 0, c), nn.Hardtanh(0, c), ReLU or ReLU6")
 
 
 def _check_module_act(node: fx.Node, m: nn.Module) -> None:
+    """Refuse a Hardtanh module that is not a clip-ReLU (its floor is not 0)."""
     if isinstance(m, nn.Hardtanh) and not (m.min_val == 0 and m.max_val > 0):
         raise ConversionError(
             f"layer {node.target!r}{where(node)} is nn.Hardtanh({m.min_val}, {m.max_val}), which "
-            "is not a ReLU; an "
-            "IF neuron represents min(max(x, 0), c) only: nn.Hardtanh(0, c) or ReLU6")
+            "is not a ReLU; an IF neuron represents min(max(x, 0), c) only: nn.Hardtanh(0, c) "
+            "or ReLU6")
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
