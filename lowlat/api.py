@@ -52,19 +52,47 @@ from lowlat.spiking import Recording, SpikingNetwork, normalizer
 Data = Tensor | Iterable
 
 
-def _inputs(data: Data, batch_size: int = 256) -> Iterator[Tensor]:
+def _images(b: Any, who: str) -> Tensor:
+    """The images of one batch (a tensor, or the first item of an ``(images, labels)`` pair)."""
+    x = b[0] if isinstance(b, list | tuple) and b else b
+    if not isinstance(x, Tensor):
+        got = f"a dict with keys {list(b)}" if isinstance(b, dict) else type(x).__name__
+        raise ValueError(f"{who}: a batch must be an image tensor or an (images, labels) pair, "
+                         f"got {got}; map it first, e.g. ((b['image'], b['label']) for b in "
+                         "loader)")
+    return x
+
+
+def _float(x: Tensor, who: str) -> Tensor:
+    """``x`` as the network sees it (after ``mean``/``std``), refused unless floating point."""
+    if not x.is_floating_point():
+        raise ValueError(f"{who}: the images are {x.dtype}; give floating-point images in the "
+                         "space the model was trained on (e.g. x.float() / 255), or mean=/std= "
+                         "to normalise raw pixels")
+    return x
+
+
+def _pairs(data: Iterable, who: str) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(images, labels)`` batches of ``data``, each checked."""
+    for b in data:
+        if not (isinstance(b, list | tuple) and len(b) >= 2):
+            got = f"a dict with keys {list(b)}" if isinstance(b, dict) else type(b).__name__
+            raise ValueError(f"{who}: the data must yield (images, labels) batches, got {got}")
+        yield _images(b, who), b[1]
+
+
+def _inputs(data: Data, batch_size: int = 256, who: str = "data") -> Iterator[Tensor]:
     """Image batches from a tensor or an iterable of ``(x, y)`` / ``x`` batches."""
     if isinstance(data, Tensor):
-        yield from data.split(batch_size)
-        return
+        data = data.split(batch_size)
     for b in data:
-        yield b[0] if isinstance(b, list | tuple) else b
+        yield _images(b, who)
 
 
-def gather(data: Data, n: int | None = None) -> Tensor:
+def gather(data: Data, n: int | None = None, who: str = "gather") -> Tensor:
     """At most ``n`` images of ``data`` as one tensor ``[N, ...]`` (calibration wants a tensor)."""
     out, have = [], 0
-    for x in _inputs(data):
+    for x in _inputs(data, who=who):
         out.append(x)
         have += x.shape[0]
         if n is not None and have >= n:
@@ -96,8 +124,8 @@ def prepare(
     sites = activation_sites(model)
     if not sites:
         raise ValueError("prepare: the model has no ReLU or clip-ReLU (ReLU6, Hardtanh(0, c), "
-                         "F.relu, clamp(min=0)) to "
-                         "turn into a QC activation; only those become IF neurons")
+                         "F.relu, clamp(min=0)) to turn into a QC activation; only those become "
+                         "IF neurons")
     stats = None
     if not numeric:
         if init not in ("percentile", "max"):
@@ -105,7 +133,7 @@ def prepare(
         if data is None:
             raise ValueError("prepare: give data to initialise λ from statistics, or init=<λ>")
         norm = normalizer(mean, std)
-        xs = (norm(x) for i, x in enumerate(_inputs(data))
+        xs = (_float(norm(x), "prepare") for i, x in enumerate(_inputs(data, who="prepare"))
               if max_batches is None or i < max_batches)
         stats = activation_stats(model, xs, percentile=percentile)
 
@@ -172,7 +200,9 @@ def convert(model: nn.Module, method: str = "opti", T: int = 4, data: Data | Non
         if data is None:
             raise ValueError(f"convert: {method} needs data for the activation statistics")
         norm = normalizer(mean, std)
-        stats = activation_stats(model, (norm(x) for x in _inputs(data)), percentile=percentile)
+        stats = activation_stats(model, (_float(norm(x), "convert")
+                                         for x in _inputs(data, who="convert")),
+                                 percentile=percentile)
     if start is not None:
         net = STARTS[start](trace(model), stats=stats)
     else:
@@ -216,7 +246,7 @@ def calibrate(snn: SpikingNetwork, qcann: nn.Module, data: Data, *, n_images: in
                                      for n, m in spiking_layers(snn.net)})
     else:
         target = trace(qcann)
-    xs = snn.normalize(gather(data, n_images))
+    xs = _float(snn.normalize(gather(data, n_images, who="calibrate")), "calibrate")
     reports = _calibrate(snn.net, target, xs, cfg, progress=progress)
     reset_states(snn.net)
     snn.method = method
@@ -228,11 +258,9 @@ def _cycle(train: Iterable, normalize: Callable[[Tensor], Tensor],
     """Labelled batches of ``train``, pass after pass (the fine-tune counts steps, not epochs)."""
     while True:
         n = 0
-        for b in train:
-            if not (isinstance(b, list | tuple) and len(b) >= 2):
-                raise ValueError("fine_tune_snn: train must yield (images, labels) batches")
+        for x, y in _pairs(train, "fine_tune_snn: train"):
             n += 1
-            yield normalize(b[0]), b[1]
+            yield _float(normalize(x), "fine_tune_snn: train"), y
         if n == 0:
             raise ValueError("fine_tune_snn: train gave no batches")
 
@@ -270,8 +298,9 @@ def evaluate(snn: SpikingNetwork, data: Iterable, timesteps: Iterable[int] | Non
              max_chunk: int = 16) -> dict[int, float]:
     """Top-1 accuracy at every T in ``timesteps`` (default: the SNN's T) from one run."""
     ts = sorted(set(timesteps or [snn.T]))
-    st = evaluate_snn(snn.net, data, ts, transform=snn.normalize, max_chunk=max_chunk,
-                      stats=False, progress=False)
+    st = evaluate_snn(snn.net, _pairs(data, "evaluate"), ts,
+                      transform=lambda x: _float(snn.normalize(x), "evaluate"),
+                      max_chunk=max_chunk, stats=False, progress=False)
     return st.accuracy()
 
 

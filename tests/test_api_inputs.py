@@ -199,3 +199,27 @@ def test_fine_tune_snn_learns_where_the_printed_surrogate_diverges():
     with pytest.raises(ValueError, match="would be ignored"):
         api.fine_tune_snn(start, DataLoader(tr, batch_size=64), val, teacher=ann,
                           batch_size=32)
+
+
+def test_dict_batches_and_integer_images_are_refused_raw_pixels_with_mean_std_accepted(qc, data):
+    x, y, loader = data
+    dicts = [{"image": xb, "label": yb} for xb, yb in loader]
+    snn = api.convert(qc, "opti", T=2)
+    with pytest.raises(ValueError, match=r"prepare: a batch must be .* a dict with keys \['image'"):
+        api.prepare(relu_net(), dicts)
+    with pytest.raises(ValueError, match="evaluate: the data must yield .* dict with keys"):
+        api.evaluate(snn, dicts, [2])
+    with pytest.raises(ValueError, match="fine_tune_snn: train: the data must yield"):
+        api.fine_tune_snn(snn, dicts, loader, kd=0, iterations=1)
+    pixels = (x * 255).to(torch.uint8)
+    with pytest.raises(ValueError, match="prepare: the images are torch.uint8.*mean=/std="):
+        api.prepare(relu_net(), pixels)
+    with pytest.raises(ValueError, match="evaluate: the images are torch.uint8"):
+        api.evaluate(snn, [(pixels, y)], [2])
+    # raw uint8 pixels with the normalisation that maps them to the model's inputs: accepted
+    conv = api.Converter([(pixels, y)], T=2, method="lowlat-lmpc", n_images=16,
+                         mean=[0.0] * 3, std=[255.0] * 3)
+    raw = conv(relu_net())
+    assert torch.allclose(raw(pixels[:4]), api.Converter(
+        [(pixels.float() / 255, y)], T=2, method="lowlat-lmpc", n_images=16)(relu_net())(
+        pixels[:4].float() / 255), atol=1e-5)
