@@ -39,9 +39,11 @@ def test_ddp_two_cpu_processes_match_single_process(single, strategy, tmp_path):
     one, two = single, tmp_path / "runs/tiny"
     assert "MEMBER: 2/2" in ddp.stderr + ddp.stdout  # really two processes
     # written once: one artifact; one logger version (rank 1 neither saves nor logs), except
-    # that ddp_spawn's main process, which logs the test accuracy, opens a version of its own
+    # that ddp_spawn's main process, which logs the test accuracy, may open a version of its
+    # own (it did with the release of the earlier sessions; with lightning 2.6.6 it does not)
     assert sorted(p.name for p in two.glob("*.pt")) == ["ann.pt"]
-    assert len(list(two.glob("logs/ann/*/metrics.csv"))) == (1 if strategy == "ddp" else 2)
+    versions = len(list(two.glob("logs/ann/*/metrics.csv")))
+    assert versions == 1 if strategy == "ddp" else versions in (1, 2)
     # sharded: each rank sees half the data, so as many optimizer steps as one process
     assert _last_step(two) == _last_step(one)
     m1, m2 = (torch.load(d / "ann.pt", weights_only=True)["metrics"] for d in (one, two))
