@@ -52,11 +52,15 @@ from lowlat.spiking import Recording, SpikingNetwork, normalizer
 Data = Tensor | Iterable
 
 
+def _what(b: Any) -> str:
+    return f"a dict with keys {list(b)}" if isinstance(b, dict) else type(b).__name__
+
+
 def _images(b: Any, who: str) -> Tensor:
     """The images of one batch (a tensor, or the first item of an ``(images, labels)`` pair)."""
     x = b[0] if isinstance(b, list | tuple) and b else b
     if not isinstance(x, Tensor):
-        got = f"a dict with keys {list(b)}" if isinstance(b, dict) else type(x).__name__
+        got = _what(x)
         raise ValueError(f"{who}: a batch must be an image tensor or an (images, labels) pair, "
                          f"got {got}; map it first, e.g. ((b['image'], b['label']) for b in "
                          "loader)")
@@ -76,8 +80,8 @@ def _pairs(data: Iterable, who: str) -> Iterator[tuple[Tensor, Tensor]]:
     """``(images, labels)`` batches of ``data``, each checked."""
     for b in data:
         if not (isinstance(b, list | tuple) and len(b) >= 2):
-            got = f"a dict with keys {list(b)}" if isinstance(b, dict) else type(b).__name__
-            raise ValueError(f"{who}: the data must yield (images, labels) batches, got {got}")
+            raise ValueError(f"{who}: the data must yield (images, labels) batches, got "
+                             f"{_what(b)}")
         yield _images(b, who), b[1]
 
 
