@@ -60,9 +60,8 @@ def _images(b: Any, who: str) -> Tensor:
     """The images of one batch (a tensor, or the first item of an ``(images, labels)`` pair)."""
     x = b[0] if isinstance(b, list | tuple) and b else b
     if not isinstance(x, Tensor):
-        got = _what(x)
         raise ValueError(f"{who}: a batch must be an image tensor or an (images, labels) pair, "
-                         f"got {got}; map it first, e.g. ((b['image'], b['label']) for b in "
+                         f"got {_what(x)}; map it first, e.g. ((b['image'], b['label']) for b in "
                          "loader)")
     return x
 

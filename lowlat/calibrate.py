@@ -260,7 +260,8 @@ class CalibConfig:
     head: str = "none"  # output-head refit after the layers (lowlat.head): none | kl | mse
     head_iterations: int = 200
     head_lr: float = 1e-3
-    surrogate: str = "eq15"  # LWC's triangle: eq15 (as printed) | scaled (÷ θ)
+    surrogate: str = "eq15"  # LWC's triangle: eq15 (as printed; what the scripts' tables used) |
+    #                          scaled (÷ θ; the lowlat recipe's default in phase2 and lowlat.api)
 
     def fingerprint(self) -> dict:
         """The settings an artifact depends on; the head keys only when a head is fitted, so

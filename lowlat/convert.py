@@ -102,10 +102,6 @@ def swap_activations(
     return model
 
 
-def _dims(d) -> tuple:
-    return tuple(d) if isinstance(d, tuple | list) else (d,)
-
-
 def replace_max_pooling(model: nn.Module) -> nn.Module:
     """Copy ``model`` with every max-pooling module replaced by average pooling of the same
     window (spike trains can be average-pooled exactly; fine-tune afterwards)."""
@@ -116,8 +112,9 @@ def replace_max_pooling(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if not isinstance(m, MAX_POOLS):
             continue
+        dilation = getattr(m, "dilation", 1)  # adaptive pools have none
         if getattr(m, "return_indices", False) or any(
-                d != 1 for d in _dims(getattr(m, "dilation", 1))):
+                d != 1 for d in (dilation if isinstance(dilation, tuple) else (dilation,))):
             raise ConversionError(f"max pooling {name!r} uses dilation or returns indices; "
                                   "no average pooling matches it")
         if type(m) in adaptive:

@@ -45,12 +45,13 @@ from lowlat.convert import activation_stats
 from lowlat.head import HEAD_LOSSES, calibrate_head
 from lowlat.lit import evaluate
 from lowlat.methods import START_SOURCE, calibration_pair, convert, get_method, load_snn
+from lowlat.neurons import SURROGATES
 from lowlat.simulate import evaluate_snn
 
 DEFAULTS = {"start": "unbiased", "lmpc": "1", "lwc": "0", "formula": "signed",
             "granularity": "neuron", "lmpc_iterations": "1", "optimizer": "adam", "lr": "1e-4",
             "iterations": "30", "batch": "256", "accept": "always", "head": "none",
-            "target": "L"}
+            "target": "L", "surrogate": "eq15"}
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -78,6 +79,9 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
             raise SystemExit(f"variant {spec!r}: unknown setting {k!r}; valid: "
                              f"{', '.join(DEFAULTS)}")
         kv[k] = v
+    if kv["surrogate"] not in SURROGATES:
+        raise SystemExit(f"variant {spec!r}: surrogate must be one of {', '.join(SURROGATES)}, "
+                         f"got {kv['surrogate']!r}")
     if kv["target"] not in TARGETS:
         raise SystemExit(f"variant {spec!r}: target must be one of {', '.join(TARGETS)}, "
                          f"got {kv['target']!r}")
@@ -90,7 +94,8 @@ def calib_config(T: int, kv: dict[str, str], lwc: bool | None = None) -> CalibCo
         formula=kv["formula"], granularity=kv["granularity"],
         lmpc_iterations=int(kv["lmpc_iterations"]), optimizer=kv["optimizer"],
         lr=float(kv["lr"]), iterations=int(kv["iterations"]), batch_size=int(kv["batch"]),
-        accept="always" if kv["accept"] == "val" else kv["accept"], head=kv["head"])
+        accept="always" if kv["accept"] == "val" else kv["accept"], head=kv["head"],
+        surrogate=kv["surrogate"])
 
 
 def main(argv: list[str] | None = None) -> Path:

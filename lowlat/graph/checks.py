@@ -46,7 +46,7 @@ LINEAR_FUNCTIONS = {  # per-sample linear ops that take one signal and act on di
 }
 # per-sample reshapes named by their dims: the dims they take must not include the batch (0)
 DIM_METHODS = {"transpose": ("dim0", "dim1"), "unsqueeze": ("dim",), "squeeze": ("dim",),
-               "permute": ("dims",)}
+               "permute": ()}  # permute's dims are read whole
 DIM_FUNCTIONS = {torch.transpose: "transpose", torch.unsqueeze: "unsqueeze",
                  torch.squeeze: "squeeze", torch.permute: "permute"}
 SPLITS = {"chunk", "split", "tensor_split"}  # x.<split>(n, dim) -> a tuple of tensors
@@ -249,13 +249,13 @@ def check_convertible(gm: fx.GraphModule) -> None:
             continue
         if (node.op == "call_method" and t in DIM_METHODS) or (fn and t in DIM_FUNCTIONS):
             t = DIM_FUNCTIONS[t] if fn else t
-            dims = [_arg(node, i + 1, key) for i, key in enumerate(DIM_METHODS[t])]
             if t == "permute":  # x.permute(0, 2, 1) or x.permute((0, 2, 1))
                 dims = list(node.args[1:]) or _dims(node.kwargs.get("dims", []))
                 if len(dims) == 1 and isinstance(dims[0], list | tuple):
                     dims = list(dims[0])
                 ok = bool(dims) and dims[0] == 0 and 0 not in dims[1:]
             else:
+                dims = [_arg(node, i + 1, key) for i, key in enumerate(DIM_METHODS[t])]
                 ok = all(isinstance(d, int) and d != 0 for d in dims)
             if not ok:
                 raise _refuse(node, f"calls {t} with dims {dims}, which may move or drop the "
