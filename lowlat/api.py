@@ -150,16 +150,18 @@ def prepare(
 
 def fine_tune(qcann: nn.Module, train: Iterable, val: Iterable | None = None, *,
               num_classes: int, epochs: int = 1, lr: float = 1e-3, threshold_lr: float = 1e-2,
-              weight_decay: float = 5e-4, **trainer_kwargs: Any) -> nn.Module:
+              weight_decay: float = 5e-4, teacher: nn.Module | None = None, kd: float = 0.0,
+              **trainer_kwargs: Any) -> nn.Module:
     """Fine-tune the QC-ANN with lowlat's Lightning :class:`~lowlat.lit.Classifier` (SGD,
-    cosine decay, λ in its own parameter group). Any training loop works instead: the QC-ANN is
-    a plain ``nn.Module``."""
+    cosine decay, λ in its own parameter group; with ``teacher`` and ``kd`` > 0 the loss mixes
+    in KL to the teacher's softmax, e.g. the ReLU model the QC-ANN came from). Any training loop
+    works instead: the QC-ANN is a plain ``nn.Module``."""
     import lightning as L
 
     from lowlat.lit import Classifier
 
     lit = Classifier(qcann, num_classes, lr=lr, epochs=epochs, weight_decay=weight_decay,
-                     threshold_lr=threshold_lr)
+                     threshold_lr=threshold_lr, teacher=teacher, kd=kd)
     kw = dict(max_epochs=epochs, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, accelerator="auto")
     L.Trainer(**{**kw, **trainer_kwargs}).fit(lit, train, val)

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lowlat.activations import QCActivation, RateNorm
+from lowlat.head import distill_kl
 
 
 class Classifier(L.LightningModule):
@@ -18,14 +19,30 @@ class Classifier(L.LightningModule):
 
     Thresholds (QC λ, Rate-Norm p) form their own parameter group with their own learning rate
     and weight decay, because at the QC-ANN's lr of 1e-5 they would barely move.
+
+    ``teacher`` and ``kd`` (lowlat, not the paper): the loss becomes (1 − kd)·CE + kd·KL to the
+    frozen teacher's softmax, so that a QC-ANN learns from the ReLU ANN it was made from.
+    ``optimizer``: ``sgd`` (the paper's) or ``adam``.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, lr: float = 0.1,
                  momentum: float = 0.9, weight_decay: float = 5e-4, epochs: int = 1,
                  threshold_lr: float | None = None, threshold_weight_decay: float = 0.0,
-                 nesterov: bool = False, freeze_bn: bool = False) -> None:
+                 nesterov: bool = False, freeze_bn: bool = False,
+                 teacher: nn.Module | None = None, kd: float = 0.0,
+                 optimizer: str = "sgd") -> None:
         super().__init__()
+        if not 0.0 <= kd <= 1.0:
+            raise ValueError(f"kd must be in [0, 1], got {kd}")
+        if kd > 0 and teacher is None:
+            raise ValueError(f"kd={kd} needs a teacher network")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
         self.model = model
+        # In a tuple, not a submodule: not saved in checkpoints, and never put in training
+        # mode by Lightning (its BatchNorm statistics must not move).
+        self.teacher = (teacher.eval().requires_grad_(False),) if kd > 0 else ()
+        self.kd, self.optimizer_name = kd, optimizer
         self.freeze_bn = freeze_bn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.epochs = max(1, epochs)
@@ -52,6 +69,10 @@ class Classifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.set_train_mode()
 
+    def on_fit_start(self) -> None:
+        for t in self.teacher:
+            t.to(self.device)
+
     def on_train_epoch_end(self) -> None:
         """Stop at the first epoch that leaves a non-finite weight (one check per epoch, not a
         host synchronisation per step)."""
@@ -71,6 +92,10 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        if self.teacher:
+            with torch.no_grad():
+                teacher_logits = self.teacher[0](x)
+            loss = (1.0 - self.kd) * loss + self.kd * distill_kl(logits, teacher_logits)
         self.train_acc.update(logits.detach(), y)  # no per-batch value: computed once an epoch
         self.log("train/loss", loss.detach(), prog_bar=self.loss_in_progress_bar)
         self.log("train/top1", self.train_acc, on_step=False, on_epoch=True)
@@ -94,7 +119,11 @@ class Classifier(L.LightningModule):
         if thr:
             groups.append({"params": thr, "lr": self.threshold_lr,
                            "weight_decay": self.threshold_weight_decay})
-        opt = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
+        if self.optimizer_name == "adam":
+            opt = torch.optim.Adam(groups, lr=self.lr)
+        else:
+            opt = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum,
+                                  nesterov=self.nesterov)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 

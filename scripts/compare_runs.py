@@ -25,6 +25,8 @@ def collect(run: Path) -> dict:
            "shift": qc["act"]["kwargs"]["shift"],
            "lambda": qc["config"]["phase1"].get("granularity", "layer"),
            "phase1_epochs": qc["metrics"].get("epochs"),
+           "phase1_kd": float(qc["config"]["phase1"].get("kd", 0.0)),
+           "phase1_optimizer": qc["config"]["phase1"].get("optimizer", "sgd"),
            "qcann_val_top1": qc["metrics"]["val_top1"],
            "cells": {}}
     res = read_json(run / "results.json", default={}) or {}
@@ -71,6 +73,10 @@ def _label(c: dict) -> str:
     """Column header: run folder, QC-ANN and (for a fine-tuned run) the fine-tune settings."""
     parts = [f"L={c['levels']}", f"s={c['shift']}", f"λ per {c['lambda']}",
              f"{c['phase1_epochs']} epochs"]
+    if c.get("phase1_kd"):  # Phase I distilled from the ReLU ANN (absent: made before kd)
+        parts.append(f"Phase I kd {c['phase1_kd']}")
+    if c.get("phase1_optimizer", "sgd") != "sgd":
+        parts.append(f"Phase I {c['phase1_optimizer']}")
     if ft := c.get("finetune"):
         parts += [f"LMPC ×{ft['lmpc_iterations']}", f"fine-tune {ft['iterations']} it",
                   f"batch {ft['batch_size']}", f"lr {ft['lr']}", f"kd {ft['kd']}"]

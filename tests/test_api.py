@@ -1,6 +1,8 @@
 """The Hydra-free API on users' models: torchvision networks converted, calibrated at T = 4 and
 checked against the per-site reference; step-by-step vs time-folded runs; save/load; recording."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -161,6 +163,21 @@ def test_evaluate_and_fine_tune_with_dataloaders(tiny_snn):
     acc = api.evaluate(snn, loader, [2, T])
     assert acc[T] == pytest.approx(float((snn(xs).argmax(1) == ys).float().mean()))
     assert acc[2] == pytest.approx(float((snn(xs, T=2).argmax(1) == ys).float().mean()))
+
+
+def test_fine_tune_with_a_teacher_leaves_it_as_it_was():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    xs, ys = torch.rand(24, 3, 8, 8), torch.randint(0, 3, (24,))
+    loader = DataLoader(TensorDataset(xs, ys), batch_size=8)
+    ann = tiny_net()
+    before = {k: v.clone() for k, v in ann.state_dict().items()}
+    qc = api.prepare(copy.deepcopy(ann), loader, pool="avg")
+    qc = api.fine_tune(qc, loader, num_classes=3, epochs=1, lr=0.05, teacher=ann, kd=0.5)
+    assert all(torch.equal(v, before[k]) for k, v in ann.state_dict().items())
+    with pytest.raises(ValueError, match="teacher"):
+        api.fine_tune(qc, loader, num_classes=3, kd=0.5)
 
 
 def test_converter_calls_the_users_fine_tuning():

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from lowlat.artifacts import load_artifact, load_network
+from lowlat.artifacts import fingerprint, load_artifact, load_network
 from lowlat.lit import evaluate
 from lowlat.methods import load_snn
 from tests.conftest import run_cli
@@ -116,6 +116,8 @@ def test_lowlat_options_make_their_own_artifact(tiny_run, tmp_path):
     (["stage=ann", "model.name=vgg17"], "vgg17"),
     (["stage=ann", "data=nope"], "data"),
     (["stage=phase1", "phase1.levels=0"], "phase1.levels"),
+    (["stage=phase1", "phase1.kd=1.5"], "phase1.kd"),
+    (["stage=phase1", "phase1.optimizer=rmsprop"], "phase1.optimizer"),
     (["stage=eval", "eval.timesteps=[0,4]"], "eval.timesteps"),
     (["stage=eval", "eval.methods=[magic]"], "magic"),
     (["stage=phase2", "phase2.calib_samples=0"], "calib_samples"),
@@ -227,3 +229,23 @@ def test_channelnorm_start_and_validation_accept(tiny_run, tmp_path):
     rows = {x["method"]: x for x in json.loads((run / "results.json").read_text())["rows"]}
     assert set(rows) == {"channelnorm", "lowlat"}
     assert rows["lowlat"]["val_top1"] == pytest.approx(m["val_top1"])
+
+
+def test_phase1_teacher_makes_its_own_qcann(tiny_run, tmp_path):
+    """phase1.kd / phase1.optimizer change the QC-ANN's fingerprint and are recorded; at their
+    defaults the key set is the one of QC-ANNs made before they existed (phase2 stays valid)."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.parent.parent, root)
+    run = root / "runs/tiny"
+    old = load_artifact(run / "qcann.pt", "qcann")
+    ann_fp = load_artifact(run / "ann.pt", "ann")["fingerprint"]
+    before = {k: v for k, v in old["config"]["phase1"].items() if k not in ("kd", "optimizer")}
+    assert old["fingerprint"] == fingerprint({"sections": {"phase1": before}, "upstream": ann_fp})
+    r = run_cli("stage=phase1", "experiment=tiny", f"paths.root_dir={root}", "phase1.kd=0.5",
+                "phase1.optimizer=adam")
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = load_artifact(run / "qcann.pt", "qcann")
+    assert new["fingerprint"] != old["fingerprint"]
+    assert new["metrics"]["kd"] == 0.5 and new["metrics"]["optimizer"] == "adam"
+    r = run_cli("stage=phase2", "experiment=tiny", f"paths.root_dir={root}")
+    assert r.returncode == 0, r.stderr[-2000:]  # the new QC-ANN calibrates as any other

@@ -39,8 +39,8 @@ NUMBERS = [
     ("seed", 0, None, int), ("phase1.levels", 1, None, int), ("phase1.epochs", 1, None, int),
     ("phase1.lr", 0, None, float), ("phase1.shift", 0, 1, float),
     ("phase1.init_percentile", 0, 100, float), ("phase1.init_batches", 1, None, int),
-    ("phase1.threshold_lr", 0, None, float), ("ann.epochs", 1, None, int),
-    ("ann.lr", 0, None, float), ("eval.max_chunk", 1, None, int),
+    ("phase1.threshold_lr", 0, None, float), ("phase1.kd", 0, 1, float),
+    ("ann.epochs", 1, None, int), ("ann.lr", 0, None, float), ("eval.max_chunk", 1, None, int),
     ("eval.stat_images", 1, None, int), ("eval.robust_percentile", 0, 100, float),
     ("phase2.calib_samples", 1, None, int), ("phase2.calib_batch", 1, None, int),
     ("phase2.lwc.lr", 0, None, float), ("phase2.lwc.iterations", 0, None, int),
@@ -109,6 +109,7 @@ def validate(cfg: DictConfig) -> None:
                           "every tuned default need a validation split that is not the test split")
     _one_of("phase1.activation", cfg.phase1.activation, ("qc", "ratenorm"))
     _one_of("phase1.granularity", cfg.phase1.get("granularity", "layer"), ("layer", "channel"))
+    _one_of("phase1.optimizer", cfg.phase1.get("optimizer", "sgd"), ("sgd", "adam"))
     il = cfg.phase1.init_lambda
     if not (il in ("percentile", "max") or (isinstance(il, int | float) and il > 0)):
         raise ConfigError(f"phase1.init_lambda must be percentile, max or a number > 0, got {il!r}")

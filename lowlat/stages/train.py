@@ -121,16 +121,22 @@ def run_phase1(ctx: Context) -> dict:
         act = {"name": "ratenorm", "kwargs": {}}
     init_top1 = evaluate(model, dm.val_dataloader(), transform_eval(dm))
     out = ctx.run_dir / phase1_artifact_name(act_name)
-    fp = ctx.fp("phase1", upstream=ann_art["fingerprint"])
+    # kd and optimizer came later: at their defaults, earlier QC-ANNs keep their fingerprint
+    fp = ctx.fp("phase1", upstream=ann_art["fingerprint"],
+                omit={"phase1": {"kd": 0.0, "optimizer": "sgd"}})
+    kd = float(p.get("kd", 0.0))
     model, metrics = _fit(
         ctx, model, dm, int(p.epochs), "phase1", out.name, fp, lr=p.lr, momentum=p.momentum,
         weight_decay=p.weight_decay, threshold_lr=p.threshold_lr,
-        threshold_weight_decay=p.threshold_weight_decay, freeze_bn=bool(p.freeze_bn))
+        threshold_weight_decay=p.threshold_weight_decay, freeze_bn=bool(p.freeze_bn),
+        teacher=load_network(ann_art) if kd > 0 else None, kd=kd,
+        optimizer=str(p.get("optimizer", "sgd")))
     metrics["ann_val_top1"] = ann_art["metrics"].get("val_top1",
                                                      ann_art["metrics"].get("best_val_top1"))
     metrics["init_val_top1"] = init_top1
     metrics["freeze_bn"] = bool(p.freeze_bn)
     metrics["granularity"] = str(p.granularity)
+    metrics["kd"], metrics["optimizer"] = kd, str(p.get("optimizer", "sgd"))
     metrics["thresholds"] = {n: float(m.threshold.mean()) for n, m in model.named_modules()
                              if isinstance(m, QCActivation | RateNorm)}
     save_artifact(out, "qcann" if act_name == "qc" else "ratenorm", model, ann_art["arch"], act,
