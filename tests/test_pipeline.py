@@ -118,6 +118,7 @@ def test_lowlat_options_make_their_own_artifact(tiny_run, tmp_path):
     (["stage=phase1", "phase1.levels=0"], "phase1.levels"),
     (["stage=phase1", "phase1.kd=1.5"], "phase1.kd"),
     (["stage=phase1", "phase1.optimizer=rmsprop"], "phase1.optimizer"),
+    (["stage=phase1", "phase1.optimizer=adam", "phase1.momentum=0.5"], "phase1.momentum"),
     (["stage=eval", "eval.timesteps=[0,4]"], "eval.timesteps"),
     (["stage=eval", "eval.methods=[magic]"], "magic"),
     (["stage=phase2", "phase2.calib_samples=0"], "calib_samples"),

@@ -110,6 +110,9 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase1.activation", cfg.phase1.activation, ("qc", "ratenorm"))
     _one_of("phase1.granularity", cfg.phase1.get("granularity", "layer"), ("layer", "channel"))
     _one_of("phase1.optimizer", cfg.phase1.get("optimizer", "sgd"), ("sgd", "adam"))
+    if cfg.phase1.get("optimizer", "sgd") == "adam" and float(cfg.phase1.momentum) != 0.9:
+        raise ConfigError(f"phase1.momentum={cfg.phase1.momentum} is SGD's and would be ignored "
+                          "with phase1.optimizer=adam; leave it at 0.9 or use optimizer=sgd")
     il = cfg.phase1.init_lambda
     if not (il in ("percentile", "max") or (isinstance(il, int | float) and il > 0)):
         raise ConfigError(f"phase1.init_lambda must be percentile, max or a number > 0, got {il!r}")
