@@ -30,14 +30,13 @@ def _stage_fns() -> dict[str, Callable[[Context], dict]]:
     return {"ann": run_ann, "phase1": run_phase1, "phase2": run_phase2, "eval": run_eval}
 
 
-def _up_to_date(ctx: Context, name: str, stage: str, *keys: str,
-                upstream: str = "") -> str | None:
-    """Fingerprint of ``name`` if it exists and matches the current config, else None."""
+def _up_to_date(ctx: Context, name: str, stage: str, fp: str) -> str | None:
+    """``fp`` (the stage's own fingerprint of the current config) if ``name`` exists and was
+    made with it, else None."""
     try:
         art = load_artifact(ctx.run_dir / name)
     except ArtifactError:
         return None
-    fp = ctx.fp(*keys, upstream=upstream)
     if art.get("fingerprint") == fp and not ctx.cfg.force:
         log.info("stage %s: %s is up to date, skipped (force=true reruns it)", stage, name)
         return fp
@@ -48,18 +47,19 @@ def run_all(ctx: Context) -> dict:
     """Every stage in order, each skipped when its outputs match the config."""
     from lowlat.methods import get_method
     from lowlat.stages.evaluate import up_to_date
+    from lowlat.stages.train import ann_fingerprint, phase1_fingerprint
 
     fns = _stage_fns()
     out: dict = {}
-    fp = _up_to_date(ctx, ANN, "ann", "data", "model", "ann", "seed")
+    fp = _up_to_date(ctx, ANN, "ann", ann_fingerprint(ctx))
     if fp is None:
         out["ann"] = fns["ann"](ctx)
         fp = load_artifact(ctx.run_dir / ANN)["fingerprint"]
     sources = {get_method(m).source for m in ctx.cfg.eval.methods}
     for act in ["qc"] + (["ratenorm"] if "ratenorm" in sources else []):
         sub = ctx.with_overrides({"phase1.activation": act})
-        if _up_to_date(sub, QCANN if act == "qc" else RATENORM, "phase1", "phase1",
-                       upstream=fp) is None:
+        if _up_to_date(sub, QCANN if act == "qc" else RATENORM, "phase1",
+                       phase1_fingerprint(sub, fp)) is None:
             out[f"phase1_{act}"] = fns["phase1"](sub)
     out["phase2"] = fns["phase2"](ctx)  # skips every (T, method) already calibrated
     if up_to_date(ctx) and not ctx.cfg.force:

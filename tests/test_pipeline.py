@@ -250,3 +250,8 @@ def test_phase1_teacher_makes_its_own_qcann(tiny_run, tmp_path):
     assert new["metrics"]["kd"] == 0.5 and new["metrics"]["optimizer"] == "adam"
     r = run_cli("stage=phase2", "experiment=tiny", f"paths.root_dir={root}")
     assert r.returncode == 0, r.stderr[-2000:]  # the new QC-ANN calibrates as any other
+    mtime = (run / "qcann.pt").stat().st_mtime_ns  # stage=all sees it up to date with them
+    r = run_cli("stage=all", "experiment=tiny", f"paths.root_dir={root}", "phase1.kd=0.5",
+                "phase1.optimizer=adam", "eval.methods=[phase1]", "eval.timesteps=[2]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "qcann.pt").stat().st_mtime_ns == mtime

@@ -62,6 +62,19 @@ def _fit(ctx: Context, model: nn.Module, dm, epochs: int, stage: str, artifact: 
     return model, metrics
 
 
+# Phase I options added later, at the value that reproduces what came before: left out of the
+# fingerprint there, so earlier QC-ANNs stay valid.
+PHASE1_ADDED = {"kd": 0.0, "optimizer": "sgd"}
+
+
+def ann_fingerprint(ctx: Context) -> str:
+    return ctx.fp("data", "model", "ann", "seed")
+
+
+def phase1_fingerprint(ctx: Context, ann_fp: str) -> str:
+    return ctx.fp("phase1", upstream=ann_fp, omit={"phase1": PHASE1_ADDED})
+
+
 def run_ann(ctx: Context) -> dict:
     cfg = ctx.cfg
     dm = ctx.datamodule()
@@ -69,7 +82,7 @@ def run_ann(ctx: Context) -> dict:
     L.seed_everything(int(cfg.seed))
     model = create_model(arch["name"], arch["num_classes"], arch["in_channels"], "relu",
                          **arch["kwargs"])
-    fp = ctx.fp("data", "model", "ann", "seed")
+    fp = ann_fingerprint(ctx)
     model, metrics = _fit(ctx, model, dm, int(cfg.ann.epochs), "ann", ANN, fp, lr=cfg.ann.lr,
                           momentum=cfg.ann.momentum, weight_decay=cfg.ann.weight_decay)
     # eq. 18's denominator, measured once here for stage eval (on one validation image's shape)
@@ -121,9 +134,7 @@ def run_phase1(ctx: Context) -> dict:
         act = {"name": "ratenorm", "kwargs": {}}
     init_top1 = evaluate(model, dm.val_dataloader(), transform_eval(dm))
     out = ctx.run_dir / phase1_artifact_name(act_name)
-    # kd and optimizer came later: at their defaults, earlier QC-ANNs keep their fingerprint
-    fp = ctx.fp("phase1", upstream=ann_art["fingerprint"],
-                omit={"phase1": {"kd": 0.0, "optimizer": "sgd"}})
+    fp = phase1_fingerprint(ctx, ann_art["fingerprint"])
     kd = float(p.get("kd", 0.0))
     model, metrics = _fit(
         ctx, model, dm, int(p.epochs), "phase1", out.name, fp, lr=p.lr, momentum=p.momentum,
