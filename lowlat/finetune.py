@@ -41,7 +41,7 @@ ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0, "bac
                "surrogate": "eq15"}
 # How the steps are computed, not what they compute (the same gradients up to float rounding, as
 # with another thread count): never in a fingerprint, recorded in the fine-tune's report.
-EXECUTION = ("fused",)
+EXECUTION = ("fused", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class FinetuneConfig:
     #                              of the fine-tune alone, on the same split and calibration
     fused: bool = True           # each IF layer's T steps as one compiled forward and one
     #                              backward kernel (lowlat.fused): a step 1.6-2x faster on a CPU
+    channels_last: bool = False  # weights and activations in torch.channels_last during the
+    #                              steps (the neuron kernels read that layout as it lies)
     frozen: int = 0              # leading conv/linear layers (with the neurons before the next
     #                              one) kept as calibrated: no backward through them at all
     backward: str = "bptt"       # "rate": the conv/linear/pool layers' backward on time averages
@@ -167,6 +169,23 @@ def lr_factor(step: int, cfg: FinetuneConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup) / (cfg.iterations - cfg.warmup)))
 
 
+def _relayout(nets: tuple[nn.Module | None, ...], layout: torch.memory_format) -> None:
+    """Every 4-d weight and buffer of ``nets`` in ``layout``, the same Parameter objects.
+
+    ``torch.channels_last`` is for 2-d CNNs: a 5-d tensor (a 3-d conv) is refused by name
+    before anything is changed."""
+    if layout is torch.channels_last:
+        for net in nets:
+            for name, t in [*net.named_parameters(), *net.named_buffers()] if net else []:
+                if t.dim() == 5:
+                    raise ValueError(f"finetune.channels_last: {name!r} is 5-d (a 3-d "
+                                     "convolution); channels-last is for 2-d CNNs: set "
+                                     "phase2.finetune.channels_last=false")
+    for net in nets:
+        if net is not None:
+            net.to(memory_format=layout)
+
+
 def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
              cfg: FinetuneConfig, validate: Callable[[nn.Module], float],
              teacher: nn.Module | None = None, seed: int = 0, progress: bool = True,
@@ -189,6 +208,8 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     """
     if cfg.kd > 0 and teacher is None:
         raise ValueError("finetune: kd > 0 needs a teacher network (the ReLU ANN)")
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    _relayout((snn, teacher), layout)
     torch.manual_seed(seed)
     keep = set(frozen_prefix(snn, cfg.frozen)) if cfg.frozen else set()
     neurons = [m for n, m in spiking_layers(snn) if n not in keep]
@@ -225,14 +246,24 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             m.scaled_surrogate = cfg.surrogate == "scaled"
         for it in bar:
             x, y = next(batches)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=layout)
             snn.train()
             with (rate_backward(snn, T, x.shape[0], exact_input=cfg.backward == "rate_weights")
                   if cfg.backward != "bptt" else contextlib.nullcontext()):
                 with torch.autocast(x.device.type, torch.bfloat16,
                                     enabled=cfg.precision == "bf16"):
-                    with torch.no_grad():
-                        z = teacher(x) if teacher is not None and cfg.kd > 0 else None
-                    logits = snn_logits(snn, x, T)
+                    try:
+                        with torch.no_grad():
+                            z = teacher(x) if teacher is not None and cfg.kd > 0 else None
+                        logits = snn_logits(snn, x, T)
+                    except RuntimeError as e:
+                        if cfg.channels_last and "view size is not compatible" in str(e):
+                            raise RuntimeError(
+                                f"finetune.channels_last=true: {e} The model reshapes an "
+                                "activation with .view(); use .reshape() or .flatten() there, "
+                                "or set phase2.finetune.channels_last=false") from e
+                        raise
                 loss = finetune_loss(logits, y, None if z is None else _fp32_at_least(z), cfg.kd)
                 val = float(loss.detach())
                 if not math.isfinite(val):
@@ -263,6 +294,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             p.grad = None
         snn.eval()
         reset_states(snn)
+        _relayout((snn, teacher), torch.contiguous_format)  # saved and simulated as before
     snn.load_state_dict(best_state)
     first = sum(losses[:20]) / max(1, len(losses[:20]))
     last = sum(losses[-20:]) / max(1, len(losses[-20:]))
@@ -276,5 +308,6 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             "ft_best_iteration": min(i for i, a in curve.items() if a == best),
             "ft_val_curve": {str(k): v for k, v in curve.items()},
             "ft_fused": bool(cfg.fused and fused.available()),
+            "ft_channels_last": cfg.channels_last,
             "ft_loss_first": losses[0] if losses else float("nan"),
             "ft_loss_last": last}

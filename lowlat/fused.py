@@ -83,20 +83,45 @@ def _compiled():
     return _state["fn"]
 
 
-def _flat(p: Tensor, sample: torch.Size) -> Tensor:
-    """A per-sample parameter (scalar, ``[C, 1, 1]``, ``[C, H, W]``, ...) as ``[N]``."""
-    return p.expand(sample).reshape(-1)
+def channels_last(xs: Tensor) -> bool:
+    """``xs [k, B, C, H, W]`` stored channels-last (each image as H, W, C): the layout of a
+    time-folded ``torch.channels_last`` activation, which the kernels read as it lies."""
+    return (xs.dim() == 5 and not xs.is_contiguous()
+            and xs.permute(0, 1, 3, 4, 2).is_contiguous())
+
+
+def _flat(p: Tensor, sample: torch.Size, nhwc: bool = False) -> Tensor:
+    """A per-sample parameter (scalar, ``[C, 1, 1]``, ``[C, H, W]``, ...) as ``[N]``, in the
+    element order of the activations (C, H, W or, ``nhwc``, H, W, C)."""
+    p = p.expand(sample)
+    return (p.permute(1, 2, 0) if nhwc else p).reshape(-1)
 
 
 def _flat_inputs(neuron: nn.Module, xs: Tensor, k: int, static: bool):
-    """``(B, sample shape, x [k, B, N], θ, shift, amplitude [N], v [B, N] or v(0) [N])``."""
-    b, sample = xs.shape[1], xs.shape[2:]
-    x3 = xs.reshape(xs.shape[0], b, -1)  # a view where xs is contiguous
+    """``(B, sample shape, nhwc, x [k, B, N], θ, shift, amplitude [N], v [B, N] or v(0) [N])``.
+
+    Every tensor is flattened in one element order, the one ``xs`` is stored in, so that
+    channels-last activations need no copy; v is read in that order whatever its own layout.
+    """
+    b, sample, nhwc = xs.shape[1], xs.shape[2:], channels_last(xs)
+    x3 = (xs.permute(0, 1, 3, 4, 2) if nhwc else xs).reshape(xs.shape[0], b, -1)  # a view
     if static:
         x3 = x3.expand(k, -1, -1)
-    theta, shift, amp = (_flat(p, sample) for p in (neuron.theta, neuron.shift, neuron.amplitude))
-    v = neuron.v.reshape(b, -1) if neuron.v is not None else _flat(neuron.v0, sample)
-    return b, sample, x3, theta, shift, amp, v
+    theta, shift, amp = (_flat(p, sample, nhwc)
+                         for p in (neuron.theta, neuron.shift, neuron.amplitude))
+    if neuron.v is None:
+        v = _flat(neuron.v0, sample, nhwc)
+    else:
+        v = (neuron.v.permute(0, 2, 3, 1) if nhwc else neuron.v).reshape(b, -1)
+    return b, sample, nhwc, x3, theta, shift, amp, v
+
+
+def _unflat(t: Tensor, n: int, sample: torch.Size, nhwc: bool) -> Tensor:
+    """``[..., N]`` back to ``[n, *sample]`` (channels-last strides where ``nhwc``)."""
+    if nhwc:
+        c, h, w = sample
+        return t.reshape(n, h, w, c).permute(0, 3, 1, 2)
+    return t.reshape(n, *sample)
 
 
 def _give_up(e: Exception) -> None:
@@ -112,9 +137,9 @@ def fused_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor
     ``xs`` is ``[k, B, ...]``, or ``[1, B, ...]`` when ``static`` (constant over the k steps).
     Updates ``neuron.v`` and ``neuron.spike_count`` exactly as the plain path does.
     """
-    if not available() or not xs.is_contiguous():
+    if not available() or not (xs.is_contiguous() or channels_last(xs)):
         return None
-    b, sample, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
+    b, sample, nhwc, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
     add_shift = bool(neuron.shift.any())
     outs, count = [], None
     try:
@@ -126,11 +151,11 @@ def fused_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor
                 count = c if count is None else count + c
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
         return _give_up(e)
-    neuron.v = v.view(b, *sample)
+    neuron.v = _unflat(v, b, sample, nhwc)
     if neuron.record:
-        c = count.view(b, *sample)
+        c = _unflat(count, b, sample, nhwc)
         neuron.spike_count = c if neuron.spike_count is None else neuron.spike_count + c
-    y = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(k * b, *sample)
+    y = _unflat(outs[0] if len(outs) == 1 else torch.cat(outs), k * b, sample, nhwc)
     return y.detach() if neuron.detach_output else y
 
 
@@ -250,16 +275,16 @@ def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> 
     (``tests/test_fused.py``)."""
     if not available() or neuron.shift.requires_grad:
         return None
-    b, sample, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
+    b, sample, nhwc, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
     try:
         y, v = _FusedIFTrain.apply(x3, v, theta, amp, shift, float(neuron.gamma),
                                    bool(neuron.shift.any()),
                                    bool(neuron.scaled_surrogate))
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
         return _give_up(e)
-    neuron.v = v.view(b, *sample)
+    neuron.v = _unflat(v, b, sample, nhwc)
     if neuron.record:
-        c = (y.detach() != 0).sum(0).to(y.dtype).view(b, *sample)
+        c = _unflat((y.detach() != 0).sum(0).to(y.dtype), b, sample, nhwc)
         neuron.spike_count = c if neuron.spike_count is None else neuron.spike_count + c
-    y = y.reshape(k * b, *sample)
+    y = _unflat(y, k * b, sample, nhwc)
     return y.detach() if neuron.detach_output else y

@@ -32,6 +32,8 @@ VARIANTS = {  # FinetuneConfig settings of each variant, every one named (the de
     "bf16": {"precision": "bf16", "fused": False},
     "fused": {"precision": "fp32", "fused": True},  # compiled neuron kernels (lowlat.fused)
     "fused+bf16": {"precision": "bf16", "fused": True},
+    # torch.channels_last weights and activations (the neuron kernels read it as it lies)
+    "fused+channels_last": {"precision": "fp32", "fused": True, "channels_last": True},
     # a frozen prefix (phase2.finetune.frozen) changes what is learnt, not only how: its
     # accuracy is a validation run of its own (README "Lever 8")
     "fused+frozen2": {"precision": "fp32", "fused": True, "frozen": 2},

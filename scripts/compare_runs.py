@@ -50,7 +50,8 @@ def collect(run: Path) -> dict:
         if rec.get("finetune"):
             ft = next((r for r in m.get("layers", []) if r.get("layer") == "finetune"), {})
             col["finetune"] = {**rec["finetune"], "lmpc_iterations": rec.get("lmpc_iterations"),
-                               "fused": bool(ft.get("ft_fused"))}  # what ran (not fingerprinted)
+                               "fused": bool(ft.get("ft_fused")),  # what ran (not fingerprinted)
+                               "channels_last": bool(ft.get("ft_channels_last"))}
     return col
 
 
@@ -90,6 +91,8 @@ def _label(c: dict) -> str:
             parts.append(ft["precision"])
         if ft.get("fused"):
             parts.append("compiled neurons")
+        if ft.get("channels_last"):
+            parts.append("channels-last")
         if ft.get("frozen"):  # recorded only when set
             parts.append(f"first {ft['frozen']} layers frozen")
         if ft.get("backward", "bptt") != "bptt":  # recorded only when set

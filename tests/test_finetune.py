@@ -380,3 +380,39 @@ def test_artifacts_fine_tuned_before_the_surrogate_option_are_valid_only_with_eq
     assert "surrogate" not in phase2.finetune_config(eq15).fingerprint()
     assert phase2.artifact_fp(eq15, "lowlat-ft", 2, "s", teacher_fp="t") != phase2.artifact_fp(
         default, "lowlat-ft", 2, "s", teacher_fp="t")
+
+
+class _ViewHead(nn.Module):
+    """A user-style CNN whose forward flattens with .view (fine in the default layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = QCActivation(levels=2, shift=0.5, init_lambda=1.0)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
+def test_channels_last_refusals_name_the_cause():
+    """``channels_last`` on a model it cannot serve: a 3-d conv is refused before any change;
+    an activation reshaped with .view() stops with the option and the fix in the message, and
+    the weights are back in the default layout either way."""
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))
+    cfg = FinetuneConfig(iterations=2, batch_size=4, kd=0.0, eval_every=5, channels_last=True)
+    snn = to_snn(_ViewHead().eval())
+    with pytest.raises(RuntimeError, match=r"channels_last=true.*\.view\(\).*reshape"):
+        finetune(snn, cycle([(x, y)]), 2, cfg, lambda s: 0.0, progress=False, start=0.0)
+    assert snn.conv.weight.is_contiguous()
+    ok = FinetuneConfig(iterations=2, batch_size=4, kd=0.0, eval_every=5)
+    finetune(snn, cycle([(x, y)]), 2, ok, lambda s: 0.0, progress=False, start=0.0)  # default
+    net3d = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), QCActivation(2, 0.5, init_lambda=1.0),
+                          nn.Flatten(), nn.Linear(2 * 4 * 4 * 4, 3)).eval()
+    snn3d = to_snn(net3d)
+    before = copy.deepcopy(snn3d.state_dict())
+    with pytest.raises(ValueError, match=r"'0.weight' is 5-d.*channels_last=false"):
+        finetune(snn3d, cycle([(torch.randn(4, 1, 4, 4, 4), y)]), 2, cfg, lambda s: 0.0,
+                 progress=False, start=0.0)
+    assert all(torch.equal(v, before[k]) for k, v in snn3d.state_dict().items())

@@ -21,15 +21,20 @@ def _neuron(theta, v0, shift, fused_flag):
     return n
 
 
-def _run(n: IFNeuron, x: torch.Tensor, plan: list[int], b: int, static: bool):
+CL = torch.channels_last
+
+
+def _run(n: IFNeuron, x: torch.Tensor, plan: list[int], b: int, static: bool,
+         layout=torch.contiguous_format):
     """Feed ``x`` ([T, B, ...], or [B, ...] if static) chunk by chunk; outputs, counts, v."""
     reset_states(n)
     outs, t = [], 0
     for k in plan:
         configure(n, steps=k, batch=b, record=True)
-        inp = x if static else x[t:t + k].flatten(0, 1)
+        inp = (x if static else x[t:t + k].flatten(0, 1)).contiguous(memory_format=layout)
         with torch.no_grad():
             outs.append(n(inp))
+            assert outs[-1].is_contiguous(memory_format=layout)  # read and written as it lies
         t += k
     return torch.cat(outs), n.spike_count, n.v
 
@@ -63,6 +68,25 @@ def test_fused_neuron_bit_identical(static, plan):
     assert plain[1].sum() > 0  # something spiked
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_fused_neuron_reads_channels_last_as_it_lies(static):
+    """Channels-last activations (``phase2.finetune.channels_last``): the kernel flattens x, θ,
+    v(0), the shift and v in the same H, W, C order, so spikes and v equal the plain scan's on
+    the same values in the default layout, per-channel and per-neuron parameters alike."""
+    g = torch.Generator().manual_seed(0)
+    plan, b, c = [2, 3], 5, 3
+    T = sum(plan)
+    theta = torch.tensor([1.0, 0.5, 2.0]).view(c, 1, 1)
+    x = torch.randint(-4, 12, (b, c, 4, 4) if static else (T, b, c, 4, 4), generator=g) / 8.0
+    v0, shift = torch.rand(c, 4, 4, generator=g), torch.full((c, 1, 1), 0.0625)
+    plain = _run(_neuron(theta, v0, shift, False), x, plan, b, static)
+    fast = _run(_neuron(theta, v0, shift, True), x, plan, b, static, layout=CL)
+    assert not fused._state["failed"]
+    for a, f in zip(plain, fast, strict=True):
+        assert torch.equal(a, f)
+    assert plain[1].sum() > 0
+
+
 @SLOW
 def test_fused_network_bit_identical():
     torch.manual_seed(0)
@@ -84,7 +108,7 @@ def test_fused_network_bit_identical():
 
 
 def _train_case(fused_flag: bool, static: bool, plan: list[int], neurons: bool,
-                scaled: bool = False):
+                scaled: bool = False, layout=torch.contiguous_format):
     """One IF layer under BPTT (surrogate on), fed chunk by chunk; its outputs and gradients."""
     g = torch.Generator().manual_seed(1)
     T, b, c = sum(plan), 4, 3
@@ -101,7 +125,8 @@ def _train_case(fused_flag: bool, static: bool, plan: list[int], neurons: bool,
     outs, t = [], 0
     for k in plan:  # the membrane state carries the graph from one chunk to the next
         configure(n, steps=k, batch=b)
-        outs.append(n(x if static else x[t:t + k].flatten(0, 1)).view(k, b, c, 4, 4))
+        inp = (x if static else x[t:t + k].flatten(0, 1)).contiguous(memory_format=layout)
+        outs.append(n(inp).reshape(k, b, c, 4, 4))
         t += k
     y = torch.cat(outs)
     ((y * w).sum() + n.v.square().sum()).backward()  # a gradient into v(T) as well
@@ -121,6 +146,16 @@ def test_fused_training_kernels_give_the_plain_graphs_gradients(static, plan, ne
     assert fused._train_state["bwd"] is not None and not fused._state["failed"]
     assert torch.equal(y0, y1) and y0.sum() > 0  # the same spikes
     for a, f in zip(g0, g1, strict=True):  # the same gradients up to float rounding
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_fused_training_kernels_read_channels_last(static):
+    y0, g0 = _train_case(False, static, [2, 3], True)
+    y1, g1 = _train_case(True, static, [2, 3], True, layout=CL)
+    assert torch.equal(y0, y1) and y0.sum() > 0
+    for a, f in zip(g0, g1, strict=True):
         assert a.abs().sum() > 0
         torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5)
 
@@ -150,6 +185,36 @@ def test_finetune_with_fused_kernels_learns_and_says_so():
                    acc, progress=False)
     assert rep["ft_fused"] and rep["ft_val_best"] >= start + 0.2, rep
     assert not any(m.fused_train or m.surrogate for _, m in spiking_layers(snn))
+
+
+@pytest.mark.parametrize("backward,frozen", [("bptt", 0), ("rate", 0), ("bptt", 1)])
+def test_channels_last_finetune_takes_the_same_steps(backward, frozen):
+    """``channels_last``: how the steps are computed, not what they compute: the weights after
+    a few steps equal the default layout's up to float rounding, and come back contiguous."""
+    from lowlat.finetune import FinetuneConfig, finetune
+
+    torch.manual_seed(0)
+    qc = create_model("small_cnn", 4, 3, "qc", width=8).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g))
+               for _ in range(3)]
+    teacher = create_model("small_cnn", 4, 3, "relu", width=8).eval()
+    out = {}
+    for cl in (False, True):
+        snn = to_snn(qc)
+        cfg = FinetuneConfig(iterations=3, lr=1e-2, batch_size=8, eval_every=10, neurons=True,
+                             channels_last=cl, backward=backward, frozen=frozen)
+        rep = finetune(snn, iter(batches), 2, cfg, lambda s: 0.0, teacher=teacher,
+                       progress=False, start=-1.0)  # every check "wins": the last state is kept
+        assert rep["ft_channels_last"] is cl
+        out[cl] = snn.state_dict()
+        assert all(t.is_contiguous() for t in out[cl].values())
+        assert all(t.is_contiguous() for t in teacher.state_dict().values())
+    moved = 0
+    for k, v in out[False].items():
+        torch.testing.assert_close(out[True][k], v, rtol=1e-4, atol=1e-5)
+        moved += int(not torch.equal(v, to_snn(qc).state_dict()[k]))
+    assert moved > 0  # the steps changed something
 
 
 def test_training_compile_failure_falls_back(monkeypatch):

@@ -117,6 +117,9 @@ def test_compare_runs_heads_a_column_with_its_fine_tune_settings():
     col["finetune"]["fused"] = False
     assert "warm-up" not in compare_runs._label(col)
     assert "compiled" not in compare_runs._label(col)
+    assert "channels-last" not in compare_runs._label(col)
+    col["finetune"]["channels_last"] = True
+    assert "channels-last" in compare_runs._label(col)
     assert "Phase I" not in compare_runs._label(col)  # the paper's CE and SGD say nothing
     col.update(phase1_kd=0.5, phase1_optimizer="adam")
     assert "Phase I kd 0.5" in compare_runs._label(col)

@@ -157,7 +157,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("phase2.lowlat.head", lw.get("head", "none"), HEAD_LOSSES)
     _one_of("phase2.lowlat.target", lw.get("target", "L"), TARGETS)
     _one_of("phase2.lowlat.surrogate", lw.get("surrogate", "scaled"), SURROGATES)
-    for key in ("neurons", "fused"):
+    for key in ("neurons", "fused", "channels_last"):
         flag = cfg.phase2.get("finetune", {}).get(key, False)
         if not isinstance(flag, bool):
             raise ConfigError(f"phase2.finetune.{key} must be true or false, got {flag!r}")

@@ -68,6 +68,8 @@ def finetune_config(ctx: Context) -> FinetuneConfig:
                           eval_every=int(f.eval_every), neurons=bool(f.get("neurons", False)),
                           precision=str(f.get("precision", FinetuneConfig.precision)),
                           fused=bool(f.get("fused", FinetuneConfig.fused)),
+                          channels_last=bool(f.get("channels_last",
+                                                   FinetuneConfig.channels_last)),
                           frozen=int(f.get("frozen", FinetuneConfig.frozen)),
                           backward=str(f.get("backward", FinetuneConfig.backward)),
                           surrogate=str(f.get("surrogate", FinetuneConfig.surrogate)))
