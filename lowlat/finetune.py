@@ -174,16 +174,15 @@ def _relayout(nets: tuple[nn.Module | None, ...], layout: torch.memory_format) -
 
     ``torch.channels_last`` is for 2-d CNNs: a 5-d tensor (a 3-d conv) is refused by name
     before anything is changed."""
+    nets = tuple(n for n in nets if n is not None)
     if layout is torch.channels_last:
-        for net in nets:
-            for name, t in [*net.named_parameters(), *net.named_buffers()] if net else []:
-                if t.dim() == 5:
-                    raise ValueError(f"finetune.channels_last: {name!r} is 5-d (a 3-d "
-                                     "convolution); channels-last is for 2-d CNNs: set "
-                                     "phase2.finetune.channels_last=false")
+        for name, t in (x for n in nets for x in [*n.named_parameters(), *n.named_buffers()]):
+            if t.dim() == 5:
+                raise ValueError(f"finetune.channels_last: {name!r} is 5-d (a 3-d "
+                                 "convolution); channels-last is for 2-d CNNs: set "
+                                 "phase2.finetune.channels_last=false")
     for net in nets:
-        if net is not None:
-            net.to(memory_format=layout)
+        net.to(memory_format=layout)
 
 
 def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,

@@ -135,19 +135,18 @@ def run_phase1(ctx: Context) -> dict:
     init_top1 = evaluate(model, dm.val_dataloader(), transform_eval(dm))
     out = ctx.run_dir / phase1_artifact_name(act_name)
     fp = phase1_fingerprint(ctx, ann_art["fingerprint"])
-    kd = float(p.get("kd", 0.0))
+    kd, optimizer = float(p.get("kd", 0.0)), str(p.get("optimizer", "sgd"))
     model, metrics = _fit(
         ctx, model, dm, int(p.epochs), "phase1", out.name, fp, lr=p.lr, momentum=p.momentum,
         weight_decay=p.weight_decay, threshold_lr=p.threshold_lr,
         threshold_weight_decay=p.threshold_weight_decay, freeze_bn=bool(p.freeze_bn),
-        teacher=load_network(ann_art) if kd > 0 else None, kd=kd,
-        optimizer=str(p.get("optimizer", "sgd")))
+        teacher=load_network(ann_art) if kd > 0 else None, kd=kd, optimizer=optimizer)
     metrics["ann_val_top1"] = ann_art["metrics"].get("val_top1",
                                                      ann_art["metrics"].get("best_val_top1"))
     metrics["init_val_top1"] = init_top1
     metrics["freeze_bn"] = bool(p.freeze_bn)
     metrics["granularity"] = str(p.granularity)
-    metrics["kd"], metrics["optimizer"] = kd, str(p.get("optimizer", "sgd"))
+    metrics["kd"], metrics["optimizer"] = kd, optimizer
     metrics["thresholds"] = {n: float(m.threshold.mean()) for n, m in model.named_modules()
                              if isinstance(m, QCActivation | RateNorm)}
     save_artifact(out, "qcann" if act_name == "qc" else "ratenorm", model, ann_art["arch"], act,
