@@ -300,12 +300,16 @@ def fine_tune_snn(snn: SpikingNetwork, train: Iterable, val: Iterable, *,
 
 
 def evaluate(snn: SpikingNetwork, data: Iterable, timesteps: Iterable[int] | None = None,
-             max_chunk: int = 16) -> dict[int, float]:
-    """Top-1 accuracy at every T in ``timesteps`` (default: the SNN's T) from one run."""
+             max_chunk: int = 16, channels_last: bool | None = None) -> dict[int, float]:
+    """Top-1 accuracy at every T in ``timesteps`` (default: the SNN's T) from one run.
+
+    ``channels_last``: run a 2-d CNN channels-last (faster on a CPU with the compiled neuron
+    kernels, ``lowlat.fused``); the network keeps its own layout afterwards."""
     ts = sorted(set(timesteps or [snn.T]))
     st = evaluate_snn(snn.net, _pairs(data, "evaluate"), ts,
                       transform=lambda x: _float(snn.normalize(x), "evaluate"),
-                      max_chunk=max_chunk, stats=False, progress=False)
+                      max_chunk=max_chunk, stats=False, progress=False,
+                      channels_last=channels_last)
     return st.accuracy()
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from lowlat import fused
 from lowlat.head import distill_kl
+from lowlat.layout import as_layout, is_view_error, relayout, view_error
 from lowlat.neurons import SURROGATES, configure, reset_states, spiking_layers
 from lowlat.ratebackward import rate_backward
 
@@ -42,6 +43,7 @@ ADDED_LATER = {"precision": "fp32", "warmup": 0, "seed": None, "frozen": 0, "bac
 # How the steps are computed, not what they compute (the same gradients up to float rounding, as
 # with another thread count): never in a fingerprint, recorded in the fine-tune's report.
 EXECUTION = ("fused", "channels_last")
+KEY_CL = "phase2.finetune.channels_last"
 
 
 @dataclass(frozen=True)
@@ -169,22 +171,6 @@ def lr_factor(step: int, cfg: FinetuneConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup) / (cfg.iterations - cfg.warmup)))
 
 
-def _relayout(nets: tuple[nn.Module | None, ...], layout: torch.memory_format) -> None:
-    """Every 4-d weight and buffer of ``nets`` in ``layout``, the same Parameter objects.
-
-    ``torch.channels_last`` is for 2-d CNNs: a 5-d tensor (a 3-d conv) is refused by name
-    before anything is changed."""
-    nets = tuple(n for n in nets if n is not None)
-    if layout is torch.channels_last:
-        for name, t in (x for n in nets for x in [*n.named_parameters(), *n.named_buffers()]):
-            if t.dim() == 5:
-                raise ValueError(f"finetune.channels_last: {name!r} is 5-d (a 3-d "
-                                 "convolution); channels-last is for 2-d CNNs: set "
-                                 "phase2.finetune.channels_last=false")
-    for net in nets:
-        net.to(memory_format=layout)
-
-
 def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
              cfg: FinetuneConfig, validate: Callable[[nn.Module], float],
              teacher: nn.Module | None = None, seed: int = 0, progress: bool = True,
@@ -207,8 +193,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
     """
     if cfg.kd > 0 and teacher is None:
         raise ValueError("finetune: kd > 0 needs a teacher network (the ReLU ANN)")
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    _relayout((snn, teacher), layout)
+    relayout((snn, teacher), cfg.channels_last, KEY_CL)
     torch.manual_seed(seed)
     keep = set(frozen_prefix(snn, cfg.frozen)) if cfg.frozen else set()
     neurons = [m for n, m in spiking_layers(snn) if n not in keep]
@@ -245,8 +230,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             m.scaled_surrogate = cfg.surrogate == "scaled"
         for it in bar:
             x, y = next(batches)
-            if x.dim() == 4:
-                x = x.contiguous(memory_format=layout)
+            x = as_layout(x, cfg.channels_last)
             snn.train()
             with (rate_backward(snn, T, x.shape[0], exact_input=cfg.backward == "rate_weights")
                   if cfg.backward != "bptt" else contextlib.nullcontext()):
@@ -257,11 +241,8 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
                             z = teacher(x) if teacher is not None and cfg.kd > 0 else None
                         logits = snn_logits(snn, x, T)
                     except RuntimeError as e:
-                        if cfg.channels_last and "view size is not compatible" in str(e):
-                            raise RuntimeError(
-                                f"finetune.channels_last=true: {e} The model reshapes an "
-                                "activation with .view(); use .reshape() or .flatten() there, "
-                                "or set phase2.finetune.channels_last=false") from e
+                        if cfg.channels_last and is_view_error(e):
+                            raise view_error(e, KEY_CL) from e
                         raise
                 loss = finetune_loss(logits, y, None if z is None else _fp32_at_least(z), cfg.kd)
                 val = float(loss.detach())
@@ -293,7 +274,7 @@ def finetune(snn: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], T: int,
             p.grad = None
         snn.eval()
         reset_states(snn)
-        _relayout((snn, teacher), torch.contiguous_format)  # saved and simulated as before
+        relayout((snn, teacher), False, KEY_CL)  # saved and simulated as before
     snn.load_state_dict(best_state)
     first = sum(losses[:20]) / max(1, len(losses[:20]))
     last = sum(losses[-20:]) / max(1, len(losses[-20:]))

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from lowlat.fused import set_fused
+from lowlat.layout import as_layout, is_channels_last, layout
 from lowlat.neurons import configure, reset_states, spiking_layers
 
 # Largest neuron tensor of one chunk (MiB) in evaluate_snn on a CPU. Why: tensors above glibc's
@@ -80,20 +81,24 @@ def neuron_step_bytes(model: nn.Module, x: Tensor) -> int:
 
 @torch.no_grad()
 def run_snn(model: nn.Module, x: Tensor, T: int, chunk: int | None = None,
-            record: bool = False, fused: bool | None = None) -> Tensor:
+            record: bool = False, fused: bool | None = None,
+            channels_last: bool | None = None) -> Tensor:
     """Run one batch for T steps. Returns the last layer's outputs per step ``[T, B, classes]``.
 
-    ``fused``: as in :func:`evaluate_snn` (None keeps each neuron's setting).
+    ``fused``, ``channels_last``: as in :func:`evaluate_snn` (None keeps the model's setting).
     """
     b, T = x.shape[0], check_steps(T)
     if fused is not None:
         set_fused(model, fused)
     reset_states(model)
     outs = []
-    for k in chunk_plan([T], chunk or T):
-        configure(model, steps=k, batch=b, record=record)
-        y = model(x)  # [k·B, classes] (or [B, classes] if nothing spiked in between)
-        outs.append(y.view(k, b, -1) if y.shape[0] == k * b else y.unsqueeze(0).expand(k, -1, -1))
+    with layout(model, channels_last, "channels_last"):
+        x = as_layout(x, is_channels_last(model))
+        for k in chunk_plan([T], chunk or T):
+            configure(model, steps=k, batch=b, record=record)
+            y = model(x)  # [k·B, classes] (or [B, classes] if nothing spiked in between)
+            outs.append(y.view(k, b, -1) if y.shape[0] == k * b
+                        else y.unsqueeze(0).expand(k, -1, -1))
     return torch.cat(outs)  # [T, B, classes]
 
 
@@ -189,10 +194,14 @@ def evaluate_snn(
     transform: Callable[[Tensor], Tensor] = lambda x: x, max_chunk: int = 16,
     device: str | torch.device = "cpu", stats: bool = True, progress: bool = True,
     desc: str = "snn", fused: bool | None = None, chunk_mb: float | None = CHUNK_MB,
+    channels_last: bool | None = None,
 ) -> SimStats:
     """Accuracy (and statistics) at every T in ``timesteps`` from one run to max(T).
 
     ``fused``: compiled IF scan (``lowlat.fused``, same spikes); None keeps each neuron's setting.
+    ``channels_last``: weights and activations channels-last for the run (same spikes up to float
+    rounding; with ``fused``, faster on a CPU), False the default layout, None the model's own
+    layout (inputs follow it); the model's layout comes back afterwards.
     Chunks are at most ``max_chunk`` steps and, on a CPU unless ``chunk_mb`` is None, short
     enough that the largest neuron tensor of the first batch stays within ``chunk_mb`` MiB
     (same spikes; :func:`auto_chunk`). The chunk used is ``SimStats.chunk``.
@@ -214,57 +223,64 @@ def evaluate_snn(
         res.ops[T] = 0.0
         res.first_ops[T] = 0.0
         res.layer_ops[T] = {}
-    for i, (x, y) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
-        x, y = transform(x.to(device)), y.to(device)
-        b = x.shape[0]
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"evaluate_snn: batch {i} holds NaN or inf inputs; an IF neuron "
-                             "never fires on NaN, so its accuracy would be silently wrong")
-        if plan is None:  # from the first (largest) batch; CUDA's caching allocator reuses
-            probe = chunk_mb is not None and max_chunk > 1 and x.device.type == "cpu"
-            res.chunk = auto_chunk(neuron_step_bytes(model, x) if probe else 0, max_chunk,
-                                   chunk_mb if probe else None)
-            plan = chunk_plan(timesteps, res.chunk)
-        if stats and counter is None:
-            counter = op_counter(model, x)
-        reset_states(model)
-        acc_out = None
-        t = 0
-        for k in plan:
-            configure(model, steps=k, batch=b, record=stats)
+    cl = is_channels_last(model) if channels_last is None else channels_last
+    with layout(model, channels_last, "eval.channels_last"):
+        for i, (x, y) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
+            x, y = as_layout(transform(x.to(device)), cl), y.to(device)
+            b = x.shape[0]
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"evaluate_snn: batch {i} holds NaN or inf inputs; an IF neuron "
+                                 "never fires on NaN, so its accuracy would be silently wrong")
+            if plan is None:  # from the first (largest) batch; CUDA's caching allocator reuses
+                probe = chunk_mb is not None and max_chunk > 1 and x.device.type == "cpu"
+                res.chunk = auto_chunk(neuron_step_bytes(model, x) if probe else 0, max_chunk,
+                                       chunk_mb if probe else None)
+                plan = chunk_plan(timesteps, res.chunk)
+            if stats and counter is None:
+                counter = op_counter(model, x)
+            reset_states(model)
+            acc_out = None
+            t = 0
+            for k in plan:
+                configure(model, steps=k, batch=b, record=stats)
+                if counter is not None:
+                    counter.steps, counter.batch = k, b
+                y_out = model(x)
+                y_out = y_out.view(k, b, -1) if y_out.shape[0] == k * b else y_out.unsqueeze(0)
+                s = y_out.sum(0) if y_out.shape[0] == k else y_out[0] * k  # [B, classes]
+                acc_out = s if acc_out is None else acc_out + s
+                t += k
+                if acc_out is s:  # a batch's first chunk: the class count is known from here
+                    _check_labels(y, s.shape[1], i)
+                if t in res.correct:
+                    res.correct[t] += int((acc_out.argmax(1) == y).sum())
+                    if stats:
+                        _accumulate(res, t, layers, counter)
             if counter is not None:
-                counter.steps, counter.batch = k, b
-            y_out = model(x)
-            y_out = y_out.view(k, b, -1) if y_out.shape[0] == k * b else y_out.unsqueeze(0)
-            s = y_out.sum(0) if y_out.shape[0] == k else y_out[0] * k  # [B, classes]
-            acc_out = s if acc_out is None else acc_out + s
-            t += k
-            if acc_out is s:  # a batch's first chunk: the class count is known from here
-                _check_labels(y, s.shape[1], i)
-            if t in res.correct:
-                res.correct[t] += int((acc_out.argmax(1) == y).sum())
-                if stats:
-                    for name, m in layers:
-                        if m.spike_count is not None:
-                            res.spikes[t][name] += float(m.spike_count.sum())
-                            res.neurons[name] = m.spike_count[0].numel()
-                        if m.v is not None:
-                            outside = (m.v < 0) | (m.v >= m.theta)
-                            res.rmpe[t][name] += int(outside.sum())
-                    if counter is not None:
-                        res.ops[t] += counter.total
-                        res.first_ops[t] += counter.first
-                        for name, ops in counter.per_layer.items():
-                            res.layer_ops[t][name] = res.layer_ops[t].get(name, 0.0) + ops
-        if counter is not None:
-            counter.total = counter.first = 0.0
-            counter.per_layer.clear()
-        res.n += b
+                counter.total = counter.first = 0.0
+                counter.per_layer.clear()
+            res.n += b
     if counter is not None:
         counter.remove()
     if res.n == 0:
         raise ValueError("evaluate_snn: the data gave no batches")
     return res
+
+
+def _accumulate(res: SimStats, t: int, layers: list, counter: OpCounter | None) -> None:
+    """Add the spikes, RMPE counts and synaptic operations of the steps up to ``t`` to ``res``."""
+    for name, m in layers:
+        if m.spike_count is not None:
+            res.spikes[t][name] += float(m.spike_count.sum())
+            res.neurons[name] = m.spike_count[0].numel()
+        if m.v is not None:
+            outside = (m.v < 0) | (m.v >= m.theta)
+            res.rmpe[t][name] += int(outside.sum())
+    if counter is not None:
+        res.ops[t] += counter.total
+        res.first_ops[t] += counter.first
+        for name, ops in counter.per_layer.items():
+            res.layer_ops[t][name] = res.layer_ops[t].get(name, 0.0) + ops
 
 
 def check_steps(T, key: str = "T") -> int:

@@ -46,6 +46,8 @@ from lowlat.models import create_model
 from lowlat.neurons import spiking_layers
 from lowlat.simulate import auto_chunk, run_snn
 
+BASE_MODES = ("chunked", "step", "fused", "fused-step", "auto")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -63,10 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (dry runs)")
     p.add_argument("--modes", nargs="+", default=["chunked", "step"],
-                   choices=["chunked", "step", "fused", "fused-step", "auto"],
+                   choices=[m + cl for m in BASE_MODES for cl in ("", "-cl")],
                    help="fused: chunked with the compiled IF scan (lowlat/fused.py); fused-step: "
                         "the compiled scan one step at a time; auto: the chunk evaluate_snn picks "
-                        "(lowlat.simulate.auto_chunk, at most --chunk)")
+                        "(lowlat.simulate.auto_chunk, at most --chunk); a '-cl' suffix: the same "
+                        "on a channels-last copy of the SNN and input (eval.channels_last)")
     return p.parse_args(argv)
 
 
@@ -161,23 +164,32 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     largest, first_batch = folded_sizes(snn, x)
     auto = auto_chunk(largest, args.chunk) if device.type == "cpu" else args.chunk
     modes = {m: {"chunked": args.chunk, "step": 1, "fused": args.chunk, "fused-step": 1,
-                 "auto": auto}[m]
+                 "auto": auto}[m.removesuffix("-cl")]
              for m in args.modes}
     rates = {T: firing_rate(snn, x, T, args.chunk) for T in args.timesteps}
+    # channels-last twins: relaid once, as evaluate_snn does once per data set, not per batch
+    snn_cl = copy.deepcopy(snn).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def sim(T: int, mode: str) -> Tensor:
-        set_fused(snn, mode.startswith("fused"))
-        return run_snn(snn, x, T, chunk=modes[mode])
+        net, inp = (snn_cl, x_cl) if mode.endswith("-cl") else (snn, x)
+        set_fused(net, mode.startswith("fused"))
+        return run_snn(net, inp, T, chunk=modes[mode])
 
+    anns = {"ann_relu": (ann_relu, x), "ann_qc": (ann_qc, x)}
+    if any(m.endswith("-cl") for m in modes):  # '-cl' rows are set against channels-last ANNs
+        anns.update({f"{k}-cl": (copy.deepcopy(n).to(memory_format=torch.channels_last), x_cl)
+                     for k, (n, _) in list(anns.items())})
     with torch.no_grad():  # warm-up: allocator, oneDNN primitives, caches, compiled kernels
-        ann_relu(x), ann_qc(x)
+        for net, inp in anns.values():
+            net(inp)
         for mode in modes:
             for T in (args.timesteps if mode.startswith("fused") else [modes[mode]]):
                 sim(T, mode)  # fused: compile every chunk length the timed runs use
-        times: dict[str, list[float]] = {"ann_relu": [], "ann_qc": []}
+        times: dict[str, list[float]] = {k: [] for k in anns}
         for _ in range(args.repeats):
-            times["ann_relu"].append(timed(lambda: ann_relu(x), device))
-            times["ann_qc"].append(timed(lambda: ann_qc(x), device))
+            for k, (net, inp) in anns.items():
+                times[k].append(timed(lambda n=net, i=inp: n(i), device))
             for T in args.timesteps:
                 for mode in modes:
                     times.setdefault(f"{T}/{mode}", []).append(
@@ -187,14 +199,15 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     rows = []
     for T in args.timesteps:
         for mode, chunk in modes.items():
-            snn_s = med[f"{T}/{mode}"]
+            snn_s, cl = med[f"{T}/{mode}"], "-cl" if mode.endswith("-cl") else ""
+            relu_s, qc_s = med["ann_relu" + cl], med["ann_qc" + cl]
             rows.append({
                 "model": name, "T": T, "mode": mode, "chunk": min(chunk, T),
-                "ann_relu_ms": 1e3 * med["ann_relu"], "ann_qc_ms": 1e3 * med["ann_qc"],
-                "snn_ms": 1e3 * snn_s, "ratio": snn_s / (T * med["ann_relu"]),
-                "ratio_qc": snn_s / (T * med["ann_qc"]), "firing_rate": rates[T],
+                "ann_relu_ms": 1e3 * relu_s, "ann_qc_ms": 1e3 * qc_s,
+                "snn_ms": 1e3 * snn_s, "ratio": snn_s / (T * relu_s),
+                "ratio_qc": snn_s / (T * qc_s), "firing_rate": rates[T],
                 "snn_images_per_s": args.batch / snn_s,
-                "ann_images_per_s": args.batch / med["ann_relu"],
+                "ann_images_per_s": args.batch / relu_s,
             })
             print(f"  {name} T={T} {mode}: ratio {rows[-1]['ratio']:.3f}", flush=True)
     memory = {
@@ -279,7 +292,8 @@ def to_markdown(res: dict) -> str:
         f"Command: `{res['command']}`", "",
         "`ratio` = SNN time / (T x folded ReLU-ANN time) (the dense limit is 1); "
         "`ratio (QC)` uses the folded QC-ANN, the network that is converted. "
-        "Firing rate: spikes per neuron per step, all IF layers.", "",
+        "Firing rate: spikes per neuron per step, all IF layers. A '-cl' mode runs a "
+        "channels-last copy of the SNN, and its ratios use the ANNs timed channels-last too.", "",
         "| model | T | mode | chunk | ANN ms (ReLU / QC) | SNN ms | ratio | ratio (QC) "
         "| firing rate |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -290,6 +304,15 @@ def to_markdown(res: dict) -> str:
             f"{r['ann_qc_ms']:.0f} | {r['snn_ms']:.0f} | {r['ratio']:.3f} | {r['ratio_qc']:.3f} "
             f"| {r['firing_rate']:.3f} |"
         )
+    twins = [(r, b) for r in res["rows"] if r["mode"].endswith("-cl") for b in res["rows"]
+             if (b["model"], b["T"], b["mode"]) == (r["model"], r["T"], r["mode"][:-3])]
+    if twins:
+        lines += ["", "## Channels-last (`eval.channels_last`), side by side in this run", "",
+                  "Speed-up = the default layout's time / the channels-last copy's time, same "
+                  "mode, chunk and input.", "", "| model | T | mode | ms (default / channels-last)"
+                  " | speed-up |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['T']} | {b['mode']} | {b['snn_ms']:.0f} / "
+                  f"{r['snn_ms']:.0f} | {b['snn_ms'] / r['snn_ms']:.2f}x |" for r, b in twins]
     lines += ["", "## Memory", ""]
     for name, m in res["memory"].items():
         lines.append(

@@ -161,6 +161,10 @@ def validate(cfg: DictConfig) -> None:
         flag = cfg.phase2.get("finetune", {}).get(key, False)
         if not isinstance(flag, bool):
             raise ConfigError(f"phase2.finetune.{key} must be true or false, got {flag!r}")
+    for key in ("fused", "channels_last", "stats"):
+        flag = cfg.eval.get(key, False)
+        if not isinstance(flag, bool):
+            raise ConfigError(f"eval.{key} must be true or false, got {flag!r}")
     _one_of("phase2.finetune.precision", cfg.phase2.get("finetune", {}).get("precision", "fp32"),
             PRECISIONS)
     ft = cfg.phase2.get("finetune", {})

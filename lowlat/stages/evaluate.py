@@ -32,6 +32,7 @@ from lowlat.methods import get_method, load_snn, start_source
 from lowlat.results import rows_from_stats, write_results
 from lowlat.simulate import evaluate_snn
 from lowlat.stages.common import (
+    ANY,
     Context,
     check_arch,
     finish_loggers,
@@ -72,7 +73,9 @@ def _inputs(ctx: Context) -> tuple[dict[str, dict], dict[tuple[int, str], dict]]
 def eval_fingerprint(ctx: Context, arts: dict[str, dict], snns: dict) -> str:
     """What the results depend on: the eval settings and every input artifact."""
     ups = sorted(a["fingerprint"] for a in [*arts.values(), *snns.values()])
-    return ctx.fp("eval", "phase2.timesteps", "data", upstream=",".join(ups))
+    # how the SNNs are run, not what they compute: never in the fingerprint
+    return ctx.fp("eval", "phase2.timesteps", "data", upstream=",".join(ups),
+                  omit={"eval": {"channels_last": ANY}})
 
 
 def up_to_date(ctx: Context) -> bool:
@@ -134,7 +137,8 @@ def run_eval(ctx: Context) -> dict:
     summary["ann_macs"] = ann_macs = _ann_macs(arts, nets, tf(val[0][0][:1]))
     stats = None
     rows: list[dict] = []
-    kw = dict(transform=tf, max_chunk=int(e.max_chunk), device=ctx.device)
+    kw = dict(transform=tf, max_chunk=int(e.max_chunk), device=ctx.device,
+              channels_last=True if e.get("channels_last", False) else None)
     for name in e.methods:
         m, t0 = get_method(name), time.time()
         extra = {"label": m.label, "paper": m.paper}

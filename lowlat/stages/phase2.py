@@ -202,7 +202,8 @@ def run_phase2(ctx: Context) -> dict:
         def val_acc(net, desc: str, T: int = T) -> tuple[float, int]:
             reset_states(net)
             st = evaluate_snn(net, val, [T], transform=tf, max_chunk=int(cfg.eval.max_chunk),
-                              device=ctx.device, stats=False, desc=f"{desc} T={T} (val)")
+                              device=ctx.device, stats=False, desc=f"{desc} T={T} (val)",
+                              channels_last=True if cfg.eval.get("channels_last") else None)
             return st.accuracy()[T], st.n
 
         calibrate(snn, target, xs, cc, log=log_layer, done=[r["layer"] for r in finished])
