@@ -223,8 +223,8 @@ def evaluate_snn(
         res.ops[T] = 0.0
         res.first_ops[T] = 0.0
         res.layer_ops[T] = {}
-    cl = is_channels_last(model) if channels_last is None else channels_last
     with layout(model, channels_last, "eval.channels_last"):
+        cl = is_channels_last(model)  # the inputs follow the network's layout
         for i, (x, y) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
             x, y = as_layout(transform(x.to(device)), cl), y.to(device)
             b = x.shape[0]
