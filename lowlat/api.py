@@ -295,7 +295,8 @@ def fine_tune_snn(snn: SpikingNetwork, train: Iterable, val: Iterable, *,
                    seed=seed, progress=progress)
     reset_states(snn.net)
     snn.net.eval()
-    snn.method = "lowlat-ft" if snn.method == "lowlat-lmpc" else f"{snn.method}+ft"
+    named = {"lowlat-lmpc": "lowlat-ft", "signed": "lowlat-ft-signed"}  # the table's recipes
+    snn.method = named.get(snn.method, f"{snn.method}+ft")
     return rep
 
 

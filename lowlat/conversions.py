@@ -65,6 +65,16 @@ def unbiased(qcann: nn.Module, **_: Any) -> fx.GraphModule:
     return snn
 
 
+def signed(qcann: nn.Module, **_: Any) -> fx.GraphModule:
+    """:func:`unbiased` with signed neurons (``neurons.signed_step``, the SNM neuron of Wang et
+    al., IJCAI 2022, without their NeuronNorm): a neuron takes back a spike that later input
+    cancels, so at T = L each count is the rounding of its summed input, as in the QC-ANN."""
+    snn = unbiased(qcann)
+    for _, m in spiking_layers(snn):
+        m.set_signed(True)
+    return snn
+
+
 def stat_thresholds(stats: dict[str, dict[str, Any]] | None, key: str) -> dict[str, torch.Tensor]:
     if stats is None:
         raise ValueError("MaxNorm/RobustNorm/ChannelNorm need activation statistics of the "

@@ -54,10 +54,12 @@ def available() -> bool:
 
 
 def _scan(xs: Tensor, v: Tensor, theta: Tensor, shift: Tensor, amp: Tensor, add_shift: bool,
-          record: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``xs [k, B, N]`` (may be stride-0 in k), ``v [B, N]`` or ``[N]``, parameters ``[N]``.
+          record: bool, c: Tensor | None = None,
+          ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``xs [k, B, N]`` (may be stride-0 in k), ``v [B, N]`` or ``[N]``, parameters ``[N]``;
+    ``c [B, N]``: a signed neuron's net count (``neurons.signed_step``), else None.
 
-    Returns ``(amplitude·spikes [k, B, N], v [B, N], spike counts [B, N] or None)``.
+    Returns ``(amplitude·spikes [k, B, N], v [B, N], events [B, N] or None, c)``.
     """
     outs = []
     count = None
@@ -66,11 +68,15 @@ def _scan(xs: Tensor, v: Tensor, theta: Tensor, shift: Tensor, amp: Tensor, add_
         if add_shift:
             v = v + shift
         s = (v >= theta).to(v.dtype)
+        if c is not None:
+            s = s - ((v < 0) & (c > 0)).to(v.dtype)
+            c = c + s
         v = v - s * theta
         outs.append(s * amp)
         if record:
-            count = s if count is None else count + s
-    return torch.stack(outs), v, count
+            e = s.abs() if c is not None else s
+            count = e if count is None else count + e
+    return torch.stack(outs), v, count, c
 
 
 def _compiled():
@@ -116,6 +122,15 @@ def _flat_inputs(neuron: nn.Module, xs: Tensor, k: int, static: bool):
     return b, sample, nhwc, x3, theta, shift, amp, v
 
 
+def _flat_count(neuron: nn.Module, x3: Tensor, b: int, nhwc: bool) -> Tensor | None:
+    """A signed neuron's net count as ``[B, N]`` in the order of ``x3``; None for plain ones."""
+    if not neuron.is_signed:
+        return None
+    if neuron.count is None:
+        return torch.zeros_like(x3[0])
+    return (neuron.count.permute(0, 2, 3, 1) if nhwc else neuron.count).reshape(b, -1)
+
+
 def _unflat(t: Tensor, n: int, sample: torch.Size, nhwc: bool) -> Tensor:
     """``[..., N]`` back to ``[n, *sample]`` (channels-last strides where ``nhwc``)."""
     if nhwc:
@@ -141,17 +156,20 @@ def fused_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor
         return None
     b, sample, nhwc, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
     add_shift = bool(neuron.shift.any())
-    outs, count = [], None
+    outs, count, net = [], None, _flat_count(neuron, x3, b, nhwc)
     try:
         fn = _compiled()
         for t0 in range(0, k, BLOCK):
-            y, v, c = fn(x3[t0:t0 + BLOCK], v, theta, shift, amp, add_shift, neuron.record)
+            y, v, c, net = fn(x3[t0:t0 + BLOCK], v, theta, shift, amp, add_shift, neuron.record,
+                              net)
             outs.append(y)
             if c is not None:
                 count = c if count is None else count + c
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
         return _give_up(e)
     neuron.v = _unflat(v, b, sample, nhwc)
+    if net is not None:
+        neuron.count = _unflat(net, b, sample, nhwc)
     if neuron.record:
         c = _unflat(count, b, sample, nhwc)
         neuron.spike_count = c if neuron.spike_count is None else neuron.spike_count + c
@@ -171,30 +189,40 @@ def set_fused(model: nn.Module, fused: bool | None) -> None:
 # ---- training: the IF scan with the triangle surrogate as one forward and one backward kernel ----
 
 def _train_fwd(xs: Tensor, v: Tensor, theta: Tensor, shift: Tensor, amp: Tensor,
-               add_shift: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``xs [k, B, N]``; returns ``(amplitude·spikes [k, B, N], u [k, B, N], v)``, u the membrane
-    potential before each step's spike test (all the backward pass needs)."""
-    ys, us = [], []
+               add_shift: bool, c: Tensor | None = None,
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``xs [k, B, N]``; returns ``(amplitude·spikes [k, B, N], u [k, B, N], v, m, c)``, u the
+    membrane potential before each step's spike test. ``c``: the net count of a signed neuron
+    (``neurons.signed_step``), then ``m [k, B, N]`` says where a −1 spike was allowed (c > 0);
+    u and m are all the backward pass needs."""
+    ys, us, ms = [], [], []
     for t in range(xs.shape[0]):
         v = v + xs[t]
         if add_shift:
             v = v + shift
         us.append(v)
         s = (v >= theta).to(v.dtype)
+        if c is not None:
+            m = c > 0
+            ms.append(m)
+            s = s - ((v < 0) & m).to(v.dtype)
+            c = c + s
         v = v - s * theta
         ys.append(s * amp)
-    return torch.stack(ys), torch.stack(us), v
+    return torch.stack(ys), torch.stack(us), v, (torch.stack(ms) if ms else None), c
 
 
 def _train_bwd(gy: Tensor, gv: Tensor, u: Tensor, theta: Tensor, amp: Tensor, gamma: float,
-               need_theta: bool, need_amp: bool, scaled: bool = False,
+               need_theta: bool, need_amp: bool, scaled: bool = False, m: Tensor | None = None,
                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """BPTT through the k steps of :func:`_train_fwd`, newest first.
 
     The gradients of ``IFNeuron``'s autograd graph (``TriangleSpike``, reset by subtraction
     through the spike, amplitude): per step ``g_s = g_y·a − g_v·θ``, ``g_u = g_v + g_s·sg(u)``,
-    ``g_θ += −g_s·sg(u)·u/θ − s·g_v``, ``g_a += g_y·s``. Returns ``(g_x [k, B, N], g_v(0),
-    g_θ, g_a)`` with ``g_θ``, ``g_a`` per element ``[B, N]`` (None when not needed).
+    ``g_θ += −g_s·sg(u)·u/θ − s·g_v``, ``g_a += g_y·s``. A signed neuron (``m``, where its −1
+    spike was allowed) adds ``g_s·m·sg(u + θ)`` to ``g_u`` (``NegativeSpike``; no θ term).
+    Returns ``(g_x [k, B, N], g_v(0), g_θ, g_a)`` with ``g_θ``, ``g_a`` per element ``[B, N]``
+    (None when not needed).
     """
     gxs = []
     gth = torch.zeros_like(gv) if need_theta else None
@@ -205,12 +233,19 @@ def _train_bwd(gy: Tensor, gv: Tensor, u: Tensor, theta: Tensor, amp: Tensor, ga
         sg = gamma * (1.0 - (ut / theta - 1.0).abs()).clamp(min=0.0)
         if scaled:  # lowlat.neurons.triangle
             sg = sg / theta
-        gsv = (gy[t] * amp - gv * theta) * sg
+        gs = gy[t] * amp - gv * theta
+        gsv = gs * sg
+        if m is not None:
+            s = s - ((ut < 0) & m[t]).to(ut.dtype)
+            sgn = gamma * (1.0 - (ut / theta).abs()).clamp(min=0.0) * m[t].to(ut.dtype)
+            gneg = gs * (sgn / theta if scaled else sgn)
         if gth is not None:
             gth = gth - gsv * ut / theta - s * gv
         if gam is not None:
             gam = gam + gy[t] * s
         gv = gv + gsv
+        if m is not None:
+            gv = gv + gneg
         gxs.append(gv)
     gxs.reverse()
     return torch.stack(gxs), gv, gth, gam
@@ -230,33 +265,39 @@ def _train_kernels():
 
 
 class _FusedIFTrain(torch.autograd.Function):
-    """One chunk of an IF neuron with the triangle surrogate; flat ``[k, B, N]`` layout."""
+    """One chunk of an IF neuron with the triangle surrogate; flat ``[k, B, N]`` layout. ``c``:
+    a signed neuron's net count (no gradient), returned updated as the third output."""
 
     @staticmethod
     def forward(ctx, x3, v, theta, amp, shift, gamma, add_shift,  # type: ignore[override]
-                scaled=False):
+                scaled=False, c=None):
         fwd, _ = _train_kernels()
-        ys, us, vk = [], [], v
+        ys, us, ms, vk = [], [], [], v
         for t0 in range(0, x3.shape[0], BLOCK):
-            y, u, vk = fwd(x3[t0:t0 + BLOCK], vk, theta, shift, amp, add_shift)
+            y, u, vk, m, c = fwd(x3[t0:t0 + BLOCK], vk, theta, shift, amp, add_shift, c)
             ys.append(y)
             us.append(u)
+            ms.append(m)
         u = us[0] if len(us) == 1 else torch.cat(us)
-        ctx.save_for_backward(u, theta, amp)
+        m = None if ms[0] is None else (ms[0] if len(ms) == 1 else torch.cat(ms))
+        ctx.save_for_backward(u, theta, amp, m)
         ctx.gamma, ctx.scaled, ctx.v_shape = gamma, scaled, v.shape
-        return (ys[0] if len(ys) == 1 else torch.cat(ys)), vk
+        if c is not None:
+            ctx.mark_non_differentiable(c)
+        return (ys[0] if len(ys) == 1 else torch.cat(ys)), vk, c
 
     @staticmethod
-    def backward(ctx, gy, gv):  # type: ignore[override]
+    def backward(ctx, gy, gv, _gc=None):  # type: ignore[override]
         _, bwd = _train_kernels()
-        u, theta, amp = ctx.saved_tensors
+        u, theta, amp, m = ctx.saved_tensors
         need_theta, need_amp = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         gv = gv.expand(u.shape[1:]).contiguous()
         gxs, gth, gam = [], None, None
         k = u.shape[0]
         for t0 in reversed(range(0, k, BLOCK)):
             gx, gv, th, am = bwd(gy[t0:t0 + BLOCK], gv, u[t0:t0 + BLOCK], theta, amp, ctx.gamma,
-                                 need_theta, need_amp, ctx.scaled)
+                                 need_theta, need_amp, ctx.scaled,
+                                 None if m is None else m[t0:t0 + BLOCK])
             gxs.append(gx)
             if need_theta:
                 gth = th if gth is None else gth + th
@@ -266,7 +307,7 @@ class _FusedIFTrain(torch.autograd.Function):
         gx = gxs[0] if len(gxs) == 1 else torch.cat(gxs)
         g_v0 = gv.sum_to_size(ctx.v_shape)
         return (gx, g_v0, gth.sum(0) if need_theta else None,
-                gam.sum(0) if need_amp else None, None, None, None, None)
+                gam.sum(0) if need_amp else None, None, None, None, None, None)
 
 
 def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> Tensor | None:
@@ -276,13 +317,16 @@ def fused_train_forward(neuron: nn.Module, xs: Tensor, k: int, static: bool) -> 
     if not available() or neuron.shift.requires_grad:
         return None
     b, sample, nhwc, x3, theta, shift, amp, v = _flat_inputs(neuron, xs, k, static)
+    c = _flat_count(neuron, x3, b, nhwc)
     try:
-        y, v = _FusedIFTrain.apply(x3, v, theta, amp, shift, float(neuron.gamma),
-                                   bool(neuron.shift.any()),
-                                   bool(neuron.scaled_surrogate))
+        y, v, c = _FusedIFTrain.apply(x3, v, theta, amp, shift, float(neuron.gamma),
+                                      bool(neuron.shift.any()),
+                                      bool(neuron.scaled_surrogate), c)
     except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, stay correct
         return _give_up(e)
     neuron.v = _unflat(v, b, sample, nhwc)
+    if c is not None:
+        neuron.count = _unflat(c, b, sample, nhwc)
     if neuron.record:
         c = _unflat((y.detach() != 0).sum(0).to(y.dtype), b, sample, nhwc)
         neuron.spike_count = c if neuron.spike_count is None else neuron.spike_count + c

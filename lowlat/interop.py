@@ -173,6 +173,10 @@ def export_nir(snn: nn.Module, sample: Tensor):
             biases[n.name] = b.clone()
             link(n, n.name, nir.Affine(arr(m.weight), arr(b)))
         elif isinstance(m, IFNeuron):
+            if m.is_signed:
+                raise NotImplementedError(f"NIR export: neuron {n.target!r} is signed (it sends "
+                                          "-1 spikes), which NIR's IF node cannot express; "
+                                          "export an SNN of a method with plain IF neurons")
             shp = shape(n)
             prev = n.args[0]
             if prev.target in (operator.add, operator.iadd, torch.add) and len(prev.users) == 1:

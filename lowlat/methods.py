@@ -39,6 +39,7 @@ from lowlat.conversions import (
     phase1,
     ratenorm,
     relu_thresholds,
+    signed,
     stat_thresholds,
     unbiased,
 )
@@ -91,6 +92,7 @@ class Method:
     recipe: Recipe | None = None    # calibrated methods (built by stage phase2)
     lowlat_recipe: tuple[bool, bool] | None = None  # (lmpc, lwc) of phase2.lowlat's recipe
     finetune: bool = False          # end-to-end BPTT after the layers (phase2.finetune)
+    start: str | None = None        # a calibrated method's own start (None: phase2.lowlat.start)
     stats: str | None = None        # key of the activation statistic used as θ (ReLU ANN)
     peer: bool = False              # another library's method (neither the paper's nor lowlat's)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -131,9 +133,11 @@ def clip_target(ann: nn.Module, thresholds: dict[str, Any]) -> fx.GraphModule:
 
 
 STARTS: dict[str, Callable[..., fx.GraphModule]] = {
-    "phase1": phase1, "opti": opti, "unbiased": unbiased, "channelnorm": channelnorm}
+    "phase1": phase1, "opti": opti, "unbiased": unbiased, "signed": signed,
+    "channelnorm": channelnorm}
 START_SOURCE: dict[str, Source] = {
-    "phase1": "qcann", "opti": "qcann", "unbiased": "qcann", "channelnorm": "ann"}
+    "phase1": "qcann", "opti": "qcann", "unbiased": "qcann", "signed": "qcann",
+    "channelnorm": "ann"}
 
 # ------------------------------------------------------------------ the table
 
@@ -166,6 +170,11 @@ _TABLE = [
     Method("unbiased", "Unbiased", "qcann", False,
            "v(0) = θ/2 and −(½ − s)·θ/L each step: exact at T = L, unbiased elsewhere",
            convert=unbiased),
+    Method("signed", "Unbiased + signed neurons", "qcann", False,
+           "unbiased with signed IF neurons: a −1 spike where v < 0 while the neuron's net "
+           "count is > 0 (the signed neuron with memory of Wang et al., IJCAI 2022, without its "
+           "NeuronNorm); not a plain IF SNN: deployment needs ternary spikes",
+           convert=signed),
     Method("robustnorm_all", "Robust Norm (all values)", "ann", False,
            "ReLU ANN, θ = 99.9th percentile of all activations, zeros included",
            convert=relu_thresholds, stats="percentile"),
@@ -193,6 +202,10 @@ _TABLE = [
            "training split (phase2.finetune: cross-entropy + KL to the ReLU ANN), the best state "
            "on validation kept (hybrid conversion, Rathi et al. 2020)", per_T=True,
            lowlat_recipe=(True, False), finetune=True),
+    Method("lowlat-ft-signed", "lowlat signed + fine-tune", "qcann", False,
+           "signed (no LMPC: at T = L it already follows the QC-ANN), then lowlat-ft's "
+           "fine-tune (phase2.finetune) with the signed neurons in the graph; ternary spikes",
+           per_T=True, lowlat_recipe=(False, False), finetune=True, start="signed"),
 ]
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}
 PAPER_METHODS = tuple(m.name for m in _TABLE if m.paper)
@@ -215,7 +228,7 @@ def recipe(method: str | Method, lowlat: dict[str, Any] | None = None) -> Recipe
         raise ValueError(f"method {m.name!r} is not calibrated")
     lw = dict(lowlat or {})
     return Recipe(lmpc=m.lowlat_recipe[0], lwc=m.lowlat_recipe[1],
-                  start=str(lw.get("start", "unbiased")),
+                  start=m.start or str(lw.get("start", "unbiased")),
                   formula=str(lw.get("formula", "signed")),
                   granularity=str(lw.get("granularity", "neuron")),
                   optimizer=str(lw.get("optimizer", "adam")),

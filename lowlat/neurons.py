@@ -25,6 +25,21 @@ def if_step(v: Tensor, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return s, v - s * theta
 
 
+def signed_step(v: Tensor, c: Tensor, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of the signed IF neuron with memory (SNM, Wang et al., IJCAI 2022): ``v += x``;
+    ``s = +1`` if ``v >= θ``, ``−1`` if ``v < 0`` while the spikes sent so far ``c`` are > 0, else
+    0; ``v -= s·θ; c += s``. Returns ``(spike, v, c)``; spike is −1/0/1.
+
+    Why: a plain IF neuron cannot take back a spike that later input cancels (the unevenness
+    error), so at T = L its count is not ``floor`` of its summed input; this one keeps
+    ``v = v(0) + Σx − c·θ`` in ``[0, θ)`` whenever ``c > 0`` can fall, so its count follows the
+    sum, never below 0.
+    """
+    v = v + x
+    s = (v >= theta).to(v.dtype) - ((v < 0) & (c > 0)).to(v.dtype)
+    return s, v - s * theta, c + s
+
+
 SURROGATES = ("eq15", "scaled")  # the triangle as printed (height γ) | divided by θ
 
 
@@ -58,6 +73,26 @@ class TriangleSpike(torch.autograd.Function):
         return g_v, g_theta, None, None
 
 
+class NegativeSpike(torch.autograd.Function):
+    """``−1`` where ``v < 0`` and ``allowed`` (the signed neuron's take-back spike), with the
+    triangle of :func:`triangle` moved to ``v = 0``: ``∂s/∂v = γ·max(0, 1 − |v/θ|)`` (÷ θ when
+    scaled), positive as for the +1 spike, since ``s`` rises from −1 to 0 as v crosses 0. The mask
+    (memory > 0) and θ get no gradient: the spike's condition is ``v < 0``."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, allowed: Tensor, theta: Tensor, gamma: float,  # type: ignore[override]
+                scaled: bool = False) -> Tensor:
+        ctx.save_for_backward(v, allowed, theta)
+        ctx.gamma, ctx.scaled = gamma, scaled
+        return -((v < 0) & allowed).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        v, allowed, theta = ctx.saved_tensors
+        g_v = grad * triangle(v + theta, theta, ctx.gamma, ctx.scaled) * allowed.to(grad.dtype)
+        return g_v, None, None, None, None
+
+
 class IFNeuron(nn.Module):
     """IF neuron replacing one activation layer.
 
@@ -65,7 +100,9 @@ class IFNeuron(nn.Module):
       ``theta``: firing threshold (the QC-ANN's λ, or a MaxNorm/RobustNorm statistic);
       ``amplitude``: value carried by a spike (θ, so the rate times θ matches the ANN activation);
       ``v0``: initial membrane potential, broadcastable to one sample's shape (LMPC, OptI);
-      ``shift``: current added at every step (the θ/(2T) bias shift of Deng & Gu).
+      ``shift``: current added at every step (the θ/(2T) bias shift of Deng & Gu);
+      ``signed``: a bool scalar; True makes it the signed neuron of :func:`signed_step`, which
+      sends −1 spikes (method ``signed``); absent in older artifacts, where it is False.
     """
 
     def __init__(self, theta: float | Tensor = 1.0, amplitude: float | Tensor | None = None,
@@ -79,6 +116,8 @@ class IFNeuron(nn.Module):
         self.register_buffer("amplitude", amp)
         self.register_buffer("v0", torch.zeros(()))
         self.register_buffer("shift", torch.zeros(()))
+        self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
+        self._signed = False
         self.gamma = gamma
         self.scaled_surrogate = False  # the triangle divided by θ (see triangle)
         self.surrogate = False  # use TriangleSpike (for BPTT) instead of a hard threshold
@@ -89,16 +128,39 @@ class IFNeuron(nn.Module):
         self.fused = fused  # compiled scan at inference (lowlat.fused); None: LOWLAT_FUSED
         self.fused_train = False  # compiled forward/backward kernels for BPTT (lowlat.fused)
         self.v: Tensor | None = None
-        self.spike_count: Tensor | None = None  # [B, ...] spikes so far (when record)
+        self.count: Tensor | None = None  # [B, ...] net spikes sent so far (signed neurons)
+        self.spike_count: Tensor | None = None  # [B, ...] spikes so far, −1 spikes too (record)
 
     def reset(self) -> None:
         self.v = None
+        self.count = None
         self.spike_count = None
+
+    @property
+    def is_signed(self) -> bool:
+        """Read from a Python mirror of the ``signed`` buffer: no device sync per call."""
+        return getattr(self, "_signed", False)
+
+    def set_signed(self, flag: bool) -> IFNeuron:
+        self.signed = torch.tensor(bool(flag), device=self.theta.device)
+        self._signed = bool(flag)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # artifacts written before signed neurons existed hold plain IF neurons
+        state_dict.setdefault(prefix + "signed", torch.zeros((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._signed = bool(self.signed)
 
     def _spike(self, v: Tensor) -> Tensor:
         if self.surrogate and torch.is_grad_enabled():
             return TriangleSpike.apply(v, self.theta, self.gamma, self.scaled_surrogate)
         return (v >= self.theta).to(v.dtype)
+
+    def _negative_spike(self, v: Tensor, allowed: Tensor) -> Tensor:
+        if self.surrogate and torch.is_grad_enabled():
+            return NegativeSpike.apply(v, allowed, self.theta, self.gamma, self.scaled_surrogate)
+        return -((v < 0) & allowed).to(v.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         k = self.steps
@@ -112,6 +174,7 @@ class IFNeuron(nn.Module):
         state = (self.v, self.v0, self.theta, self.amplitude, self.shift)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, *state))  # e.g. a frozen prefix
+        signed = self.is_signed
         if not needs_grad and all(t is None or t.dtype == x.dtype for t in state):
             return self._forward_inference(xs, k, static)
         if self.surrogate and getattr(self, "fused_train", False) and torch.is_grad_enabled():
@@ -122,17 +185,22 @@ class IFNeuron(nn.Module):
             self.v = (self.v0 + torch.zeros_like(xs[0])).to(
                 torch.promote_types(x.dtype, torch.float32))
         v = self.v
+        count = self.count if self.count is not None or not signed else torch.zeros_like(v)
         x_shift = self.shift
         out = []
         for t in range(k):
             v = v + (xs[0] if static else xs[t]) + x_shift
             s = self._spike(v)
+            if signed:  # a −1 spike where v < 0 and spikes were sent (signed_step)
+                s = s + self._negative_spike(v, count > 0)
+                count = count + s.detach()
             v = v - s * self.theta
             out.append(s)
         spikes = torch.stack(out)  # [k, B, ...]
         self.v = v.detach() if not torch.is_grad_enabled() else v
+        self.count = count
         if self.record:
-            c = spikes.detach().sum(0)
+            c = (spikes.detach().abs() if signed else spikes.detach()).sum(0)
             self.spike_count = c if self.spike_count is None else self.spike_count + c
         y = (spikes * self.amplitude).flatten(0, 1)  # [k, B, ...] -> [k·B, ...]
         return y.detach() if self.detach_output else y
@@ -153,6 +221,8 @@ class IFNeuron(nn.Module):
             y = fused.fused_forward(self, xs, k, static)
             if y is not None:
                 return y
+        if self.is_signed:
+            return self._forward_signed(xs, k, static)
         theta, shift = self.theta, self.shift
         add_shift = bool(shift.any())  # v + x + 0 is v + x exactly: skip the pass
         out = torch.empty_like(xs if not static else xs.expand(k, *xs.shape[1:]))
@@ -172,8 +242,24 @@ class IFNeuron(nn.Module):
         y = out.mul_(self.amplitude).flatten(0, 1)  # [k, B, ...] -> [k·B, ...]
         return y.detach() if self.detach_output else y
 
+    def _forward_signed(self, xs: Tensor, k: int, static: bool) -> Tensor:
+        """Inference of the signed neuron (:func:`signed_step`), its memory held in ``count``."""
+        out = torch.empty_like(xs if not static else xs.expand(k, *xs.shape[1:]))
+        v = self.v if self.v is not None else self.v0 + torch.zeros_like(xs[0])
+        c = self.count if self.count is not None else torch.zeros_like(v)
+        for t in range(k):
+            out[t], v, c = signed_step(v, c, (xs[0] if static else xs[t]) + self.shift,
+                                       self.theta)
+        self.v, self.count = v, c
+        if self.record:
+            n = out.abs().sum(0)  # events: a −1 spike costs what a +1 does
+            self.spike_count = n if self.spike_count is None else self.spike_count + n
+        y = out.mul_(self.amplitude).flatten(0, 1)  # [k, B, ...] -> [k·B, ...]
+        return y.detach() if self.detach_output else y
+
     def extra_repr(self) -> str:
-        return f"theta={float(self.theta.mean()):.4g}, v0_shape={tuple(self.v0.shape)}"
+        sign = ", signed" if self.is_signed else ""
+        return f"theta={float(self.theta.mean()):.4g}, v0_shape={tuple(self.v0.shape)}{sign}"
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, IFNeuron]]:

@@ -151,7 +151,8 @@ def test_finetune_in_bf16_learns_and_keeps_float32_state():
     rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), teacher=net,
                    progress=False)
     assert rep["ft_val_best"] >= start + 0.3, rep  # learns through bf16 linear layers
-    assert all(v.dtype == torch.float32 for v in snn.state_dict().values())
+    assert all(v.dtype == torch.float32 for v in snn.state_dict().values()
+               if v.is_floating_point())  # (and each neuron's bool `signed` flag)
     neuron = next(m for _, m in spiking_layers(snn))
     neuron.steps, neuron.batch = T, 4
     with torch.autocast("cpu", torch.bfloat16):  # a bf16 input does not round the membrane
@@ -416,3 +417,38 @@ def test_channels_last_refusals_name_the_cause():
         finetune(snn3d, cycle([(torch.randn(4, 1, 4, 4, 4), y)]), 2, cfg, lambda s: 0.0,
                  progress=False, start=0.0)
     assert all(torch.equal(v, before[k]) for k, v in snn3d.state_dict().items())
+
+
+def test_finetune_learns_through_signed_neurons():
+    """The take-back spikes are in the graph (their surrogate carries gradient) and the state
+    that comes back is still signed."""
+    net, xt, yt, xv, yv = _task(5)
+    from lowlat.methods import convert
+
+    snn = convert("signed", net)
+    start = _acc(snn, xv, yv)
+    cfg = FinetuneConfig(iterations=150, lr=5e-3, batch_size=64, kd=0.0, eval_every=50,
+                         **PLAIN)
+    rep = finetune(snn, _batches(xt, yt), T, cfg, lambda s: _acc(s, xv, yv), progress=False)
+    assert rep["ft_val_best"] >= start + 0.3, rep
+    assert all(m.is_signed for _, m in spiking_layers(snn))
+
+
+def test_stage_phase2_fine_tunes_the_signed_start_without_lmpc(tiny_run, tmp_path):
+    shutil.copytree(tiny_run.parent.parent, tmp_path / "run")
+    sft = ["phase2.methods=[lowlat-ft-signed]", "eval.methods=[signed,lowlat-ft-signed]",
+           *[o for o in FT if not o.startswith(("phase2.methods", "eval.methods"))]]
+    ctx = _ctx(tmp_path / "run", *sft, "phase2.lowlat.start=opti")
+    r = recipe("lowlat-ft-signed", {"start": "opti"})
+    assert r.start == "signed" and not r.lmpc and not r.lwc and r.finetune  # its own start
+    phase2.run_phase2(ctx)
+    art = load_artifact(ctx.run_dir / snn_name(2, "lowlat-ft-signed"), "snn")
+    assert [x["layer"] for x in art["metrics"]["layers"]] == ["finetune"]  # no layer pass
+    assert art["recipe"]["start"] == "signed"
+    assert all(m.is_signed for _, m in spiking_layers(load_snn(art)))
+    res = evaluate.run_eval(ctx)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"signed", "lowlat-ft-signed"}
+    # the fine-tune starts from the signed conversion's validation score and never ends below
+    assert art["metrics"]["val_top1_before_ft"] == pytest.approx(rows["signed"]["val_top1"])
+    assert rows["lowlat-ft-signed"]["val_top1"] >= rows["signed"]["val_top1"]

@@ -68,6 +68,24 @@ def test_fused_neuron_bit_identical(static, plan):
     assert plain[1].sum() > 0  # something spiked
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_fused_signed_neuron_bit_identical(layout):
+    """The compiled scan of a signed neuron: the same ±1 spikes, events, v and memory."""
+    g = torch.Generator().manual_seed(3)
+    T, b, c = 8, 5, 3
+    theta = torch.tensor([1.0, 0.5, 2.0]).view(c, 1, 1)
+    x = torch.randint(-8, 12, (T, b, c, 4, 4), generator=g) / 8.0
+    v0, shift = theta / 2, torch.zeros(())
+    res = {}
+    for f in (False, True):
+        n = _neuron(theta, v0, shift, f).set_signed(True)
+        res[f] = (*_run(n, x, [3, 5], b, False, layout), n.count)
+    assert not fused._state["failed"]
+    for a, f in zip(res[False], res[True], strict=True):
+        assert torch.equal(a, f)
+    assert bool((res[True][0] < 0).any())  # −1 spikes were sent
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_fused_neuron_reads_channels_last_as_it_lies(static):
     """Channels-last activations (``phase2.finetune.channels_last``): the kernel flattens x, θ,
@@ -108,11 +126,11 @@ def test_fused_network_bit_identical():
 
 
 def _train_case(fused_flag: bool, static: bool, plan: list[int], neurons: bool,
-                scaled: bool = False, layout=torch.contiguous_format):
+                scaled: bool = False, layout=torch.contiguous_format, signed: bool = False):
     """One IF layer under BPTT (surrogate on), fed chunk by chunk; its outputs and gradients."""
     g = torch.Generator().manual_seed(1)
     T, b, c = sum(plan), 4, 3
-    n = IFNeuron(theta=torch.tensor([1.0, 0.5, 2.0]).view(c, 1, 1))
+    n = IFNeuron(theta=torch.tensor([1.0, 0.5, 2.0]).view(c, 1, 1)).set_signed(signed)
     n.v0, n.shift = torch.rand(c, 4, 4, generator=g) * 0.5, torch.full((c, 1, 1), 0.0625)
     n.surrogate, n.fused_train, n.gamma = True, fused_flag, 0.8
     n.scaled_surrogate = scaled  # finetune(surrogate="scaled"): the triangle divided by θ
@@ -148,6 +166,23 @@ def test_fused_training_kernels_give_the_plain_graphs_gradients(static, plan, ne
     for a, f in zip(g0, g1, strict=True):  # the same gradients up to float rounding
         assert a.abs().sum() > 0
         torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("static,plan,layout", [
+    (False, [2, 3], torch.contiguous_format), (False, [5], CL),
+    (True, [3], torch.contiguous_format)])
+def test_fused_training_kernels_of_signed_neurons_give_the_plain_graphs_gradients(static, plan,
+                                                                                  layout):
+    y0, g0 = _train_case(False, static, plan, True, True, signed=True)
+    y1, g1 = _train_case(True, static, plan, True, True, layout=layout, signed=True)
+    assert not fused._state["failed"]
+    assert torch.equal(y0, y1)  # the same spikes
+    for a, f in zip(g0, g1, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(f, a, rtol=1e-5, atol=1e-5)
+    if not static:  # a constant input never takes a spike back; this uneven one does
+        assert bool((y0 < 0).any())
+        assert not torch.equal(_train_case(False, static, plan, True, True)[0], y0)
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -206,7 +206,8 @@ def run_phase2(ctx: Context) -> dict:
                               channels_last=True if cfg.eval.get("channels_last") else None)
             return st.accuracy()[T], st.n
 
-        calibrate(snn, target, xs, cc, log=log_layer, done=[r["layer"] for r in finished])
+        if cc.lmpc or cc.lwc or cc.head != "none":  # a start that is fine-tuned as it is skips it
+            calibrate(snn, target, xs, cc, log=log_layer, done=[r["layer"] for r in finished])
         reports = finished
         val_top1, n_val = val_acc(snn, method)
         metrics: dict = {}
