@@ -9,8 +9,8 @@ batches, v(0) = θ/2), converted and simulated by SpikingJelly itself, step by s
 * ``lowlat-cn`` (method table): the same start calibrated by lowlat, per layer (signed LMPC per
   channel), at every T, on ``--calib-samples`` training images: its calibration CPU seconds are
   recorded per T;
-* ``unbiased`` (method table) converted from the run folder's QC-ANN ``qcann.pt``, if there is
-  one, at every T (no calibration);
+* ``unbiased`` and ``signed`` (method table) converted from the run folder's QC-ANN ``qcann.pt``,
+  if there is one, at every T (no calibration; ``signed`` sends ternary spikes);
 * every calibrated artifact ``snn_T<T>_<method>.pt`` found in the run folder at its T.
 
 "lowlat best" at each T is the lowlat row with the highest VALIDATION top-1; the table reports
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> Path:
         if qc["arch"] != art["arch"]:
             raise SystemExit(f"{run / QCANN} and {run / ANN} describe different networks")
         add("unbiased", ours(convert("unbiased", load_network(qc)), ts))
+        add("signed", ours(convert("signed", load_network(qc)), ts))  # ternary spikes
     for path in sorted(p for p in run.glob("snn_T*_*.pt") if not p.name.endswith(".partial.pt")):
         a = load_artifact(path, "snn")
         if int(a["T"]) in ts:

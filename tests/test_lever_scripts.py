@@ -66,7 +66,8 @@ def test_compare_spikingjelly(tiny_run, tmp_path):
                                str(tmp_path)])
     meta = json.loads((tmp_path / "compare_spikingjelly.json").read_text())
     methods = {r["method"] for r in meta["rows"]}
-    assert {"spikingjelly_channel", "channelnorm", "lowlat-cn", "unbiased", "lowlat"} <= methods
+    assert {"spikingjelly_channel", "channelnorm", "lowlat-cn", "unbiased", "signed",
+            "lowlat"} <= methods
     assert {r["T"] for r in meta["rows"] if r["method"] == "unbiased"} == {1, 2}  # qcann.pt
     for T, best in meta["lowlat_best"].items():  # chosen on validation among lowlat's own rows
         own = [r for r in meta["rows"] if r["T"] == int(T) and r["method"] not in
