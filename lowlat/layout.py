@@ -52,7 +52,7 @@ def layout(net: nn.Module, channels_last: bool | None, key: str) -> Iterator[Non
     try:
         yield
     except RuntimeError as e:
-        if channels_last and _VIEW in str(e):
+        if channels_last and is_view_error(e):
             raise view_error(e, key) from e
         raise
     finally:

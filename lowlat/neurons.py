@@ -185,7 +185,9 @@ class IFNeuron(nn.Module):
             self.v = (self.v0 + torch.zeros_like(xs[0])).to(
                 torch.promote_types(x.dtype, torch.float32))
         v = self.v
-        count = self.count if self.count is not None or not signed else torch.zeros_like(v)
+        count = self.count  # a signed neuron's net spikes so far
+        if signed and count is None:
+            count = torch.zeros_like(v)
         x_shift = self.shift
         out = []
         for t in range(k):
